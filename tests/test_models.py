@@ -1,0 +1,119 @@
+"""VAE and AVAE: gradient routing, sampling, architectures, save/load, real training."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import zoo
+from zoo import data, training
+
+TINY = dict(latent_dim=8, seed=1)
+
+
+def _model(name, image_shape=(28, 28, 3), arch="mlp", **kwargs):
+    return training.build_model(name, tf.distribute.get_strategy(), image_shape=image_shape, arch=arch, **TINY, **kwargs)
+
+
+def _images(batch=8, shape=(28, 28, 3), seed=0):
+    return tf.constant(np.random.default_rng(seed).uniform(size=(batch, *shape)).astype(np.float32))
+
+
+def _variables_of(network):
+    return {id(v.value if hasattr(v, "value") else v) for v in network.trainable_variables}
+
+
+def test_avae_coupling_trains_encoder_not_decoder():
+    model = _model("avae")
+    x = _images()
+    with tf.GradientTape(persistent=True) as tape:
+        posterior = model.posterior(x, training=True)
+        z = posterior.sample(seed=model.noise_seed(0))
+        reconstruction = model.decode(z, training=True)
+        penalty, terms = model.regularizer(x, posterior, z, reconstruction, training=True)
+    decoder_grads = tape.gradient(penalty, model.decoder.trainable_variables)
+    encoder_grads = tape.gradient(penalty, model.encoder.trainable_variables)
+    assert all(g is None for g in decoder_grads), "the delusion path must not train the decoder"
+    assert any(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in encoder_grads)
+    assert set(terms) == {"coupling_log_prob", "delusion_entropy"}
+
+
+def test_posterior_samples_with_the_standard_deviation():
+    model = _model("vae")
+    x = _images(batch=2)
+    posterior = model.posterior(x)
+    z_mean, z_log_var = model.encoder(x)
+    samples = posterior.sample(200_000, seed=(3, 4))
+    np.testing.assert_allclose(tf.math.reduce_variance(samples, axis=0), tf.exp(z_log_var), rtol=0.03)
+    np.testing.assert_allclose(model(x), z_mean)
+
+
+def test_invalid_hyperparameters_are_refused():
+    with pytest.raises(ValueError, match="rho must lie in"):
+        zoo.get_model_class("avae")(rho=1.0)
+    with pytest.raises(ValueError, match="obs_var must be positive"):
+        zoo.get_model_class("vae")(obs_var=0.0)
+    with pytest.raises(ValueError, match="choose one of"):
+        zoo.get_model_class("no_such_model")
+
+
+@pytest.mark.parametrize(
+    "arch,image_shape", [("mlp", (28, 28, 3)), ("conv", (28, 28, 3)), ("conv", (32, 32, 3)), ("conv64", (64, 64, 3))]
+)
+def test_each_arch_trains_and_round_trips_as_keras_file(arch, image_shape, tmp_path):
+    model = _model("avae", image_shape=image_shape, arch=arch)
+    x = _images(batch=4, shape=image_shape)
+    history = model.fit(tf.data.Dataset.from_tensors(x).repeat(), steps_per_epoch=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored) is type(model) and restored.rho == model.rho and restored.arch == arch
+    np.testing.assert_allclose(restored(x), model(x), atol=1e-5)
+    np.testing.assert_allclose(restored.decode(model(x)), model.decode(model(x)), atol=1e-5)
+
+
+def test_celeb_a_pipeline_and_conv64_on_mock_data():
+    with tfds.testing.mock_data(num_examples=8):
+        dataset = data.load("celeb_a", "train", batch_size=4, data_dir="/nonexistent")
+        images, labels = next(iter(dataset))
+    assert images.shape == (4, 64, 64, 3)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    assert set(labels) == set(data.CELEBA_ATTRIBUTES) and len(labels) == 17
+    model = _model("avae", image_shape=(64, 64, 3), arch="conv64")
+    logs = model.fit(tf.data.Dataset.from_tensors(images).repeat(), steps_per_epoch=1, epochs=1, verbose=0)
+    assert np.isfinite(logs.history["loss"]).all()
+
+
+def test_color_mnist_is_deterministic_and_uses_seven_colours(tfds_dir):
+    first = next(iter(data.load("color_mnist", "test", batch_size=500, data_dir=tfds_dir)))
+    second = next(iter(data.load("color_mnist", "test", batch_size=100, data_dir=tfds_dir)))
+    np.testing.assert_array_equal(first[1]["color"][:100], second[1]["color"])
+    np.testing.assert_array_equal(first[0][:100], second[0])
+    colours = first[1]["color"].numpy()
+    assert set(colours) == set(range(7))
+    images = first[0].numpy()
+    for colour in range(7):
+        channels_on = images[colours == colour].max(axis=(0, 1, 2)) > 0
+        expected = [(colour + 1) >> bit & 1 == 1 for bit in range(3)]
+        assert channels_on.tolist() == expected
+
+
+def test_real_colormnist_training_improves_test_elbo(tfds_dir, tmp_path):
+    model = _model("avae")
+    test = data.load("color_mnist", "test", batch_size=250, data_dir=tfds_dir, take=500)
+    before = model.evaluate(test, return_dict=True, verbose=0)["elbo"]
+    training.train(
+        model,
+        lambda step: data.load("color_mnist", "train", 64, data_dir=tfds_dir, shuffle=True, repeat=True, seed=step),
+        str(tmp_path),
+        train_steps=200,
+        checkpoint_every=100,
+        verbose=0,
+    )
+    after = model.evaluate(test, return_dict=True, verbose=0)["elbo"]
+    assert after > before + 100, (before, after)
+    restored = training.load_model(str(tmp_path))
+    x = next(iter(test))[0]
+    np.testing.assert_allclose(restored(x), model(x), atol=1e-5)

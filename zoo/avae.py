@@ -1,0 +1,41 @@
+"""AVAE, the Autoencoding VAE: Algorithm 1 and eq. (13) of Cemgil et al., NeurIPS 2020.
+
+The delusion x~ = stop_gradient(decoder(z)), z ~ q(z|x), is encoded again and
+its code z' ~ q(z'|x~) is coupled to z through p_rho(z'|z) = N(rho z,
+(1 - rho^2) I). Eq. (13) adds to the ELBO
+
+    <log p_rho(z'|z)>_{q(z|x) q(z'|x~)} + H[q(z'|x~)],
+
+the first in closed form for the two diagonal Gaussians. Because x~ is
+stopped, these terms train the encoder only, never the decoder.
+"""
+
+import tensorflow as tf
+
+from zoo import base, maths, registry
+
+
+@registry.register("avae")
+class AVAE(base.BaseVAE):
+    hyperparameters = {**base.BaseVAE.hyperparameters, "rho": 0.975}
+    extra_terms = ("coupling_log_prob", "delusion_entropy")
+
+    def check_hyperparameters(self):
+        super().check_hyperparameters()
+        if not -1.0 < self.rho < 1.0:
+            raise ValueError(f"rho must lie in (-1, 1), got {self.rho}")
+
+    def regularizer(self, x, posterior, z, reconstruction, training):
+        delusion = tf.stop_gradient(reconstruction)  # decoder(z), as in Algorithm 1
+        delusion_posterior = self.posterior(delusion, training=training)
+        coupling = tf.reduce_mean(
+            maths.coupling_log_prob(
+                posterior.mean(),
+                posterior.variance(),
+                delusion_posterior.mean(),
+                delusion_posterior.variance(),
+                self.rho,
+            )
+        )
+        entropy = tf.reduce_mean(delusion_posterior.entropy())
+        return -(coupling + entropy), {"coupling_log_prob": coupling, "delusion_entropy": entropy}

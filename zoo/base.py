@@ -1,0 +1,189 @@
+"""Shared model machinery: `train_step`, `test_step`, `call` and the hooks.
+
+`ZooModel` owns everything every model needs: the metric trackers, the
+distribution-aware training step and the per-step noise seeds. A model says
+what it optimises by implementing one hook:
+
+- `BaseVAE` subclasses (VAE, AVAE, SE, ...) override `regularizer`, which adds
+  a penalty to the negative ELBO and names the terms it tracks;
+- deterministic autoencoders override `compute_losses` directly.
+
+Hyper-parameters are declared once, as a `hyperparameters` dict of defaults on
+the class; `__init__`, `get_config` and the training flags all read it.
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from zoo import maths, networks
+
+tfd = tfp.distributions
+
+LIKELIHOODS = ("gaussian", "bernoulli")
+
+
+def images_of(data):
+    """The images of a batch: datasets yield `(images, labels)` or bare images."""
+    images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return images
+
+
+def num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+class ZooModel(keras.Model):
+    """Base of every model: trackers, train/test steps and noise seeds.
+
+    Subclasses implement `compute_losses(x, training)`, returning a dict of
+    scalars with the key "loss" (minimised) and one key per name in
+    `tracked_terms()`.
+    """
+
+    hyperparameters = {}
+    # Names of the scalars `compute_losses` returns besides "loss".
+    base_terms = ()
+    extra_terms = ()
+    # True for models that train from their own samples and read no dataset.
+    needs_data = True
+
+    def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
+        hyperparameters = {name: kwargs.pop(name, default) for name, default in self.hyperparameters.items()}
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.arch = arch
+        self.latent_dim = int(latent_dim)
+        self.seed = int(seed)
+        for name, value in hyperparameters.items():
+            setattr(self, name, value)
+        self.check_hyperparameters()
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.tracked_terms()}
+
+    @classmethod
+    def tracked_terms(cls):
+        return ("loss",) + cls.base_terms + cls.extra_terms
+
+    def check_hyperparameters(self):
+        """Raises ValueError with one clear sentence for an invalid setting."""
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "image_shape": list(self.image_shape),
+            "arch": self.arch,
+            "latent_dim": self.latent_dim,
+            "seed": self.seed,
+        }
+        config.update({name: getattr(self, name) for name in self.hyperparameters})
+        return config
+
+    def noise_seed(self, salt):
+        """A stateless seed for one random draw of one training step.
+
+        It depends on `--seed`, on `salt` (one per draw inside a step), on the
+        step counter (restored on resume, so a resumed run draws what the
+        uninterrupted run would have) and on the replica, so that replicas of a
+        distributed step draw different noise.
+        """
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        step = self.optimizer.iterations if self.optimizer is not None else 0
+        step = tf.cast(step, tf.int32)
+        return tf.stack(
+            [tf.constant(self.seed * 1009 + salt, tf.int32), step * num_replicas() + tf.cast(replica_id, tf.int32)]
+        )
+
+    def compute_losses(self, x, training):
+        raise NotImplementedError
+
+    def train_step(self, data):
+        x = images_of(data)
+        with tf.GradientTape() as tape:
+            terms = self.compute_losses(x, training=True)
+            # Gradients are summed over replicas, so each replica contributes
+            # its share of the global-batch mean.
+            loss = terms["loss"] / num_replicas()
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self.update_trackers(terms)
+
+    def test_step(self, data):
+        return self.update_trackers(self.compute_losses(images_of(data), training=False))
+
+    def update_trackers(self, terms):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+class BaseVAE(ZooModel):
+    """Gaussian-posterior VAE; variants override `regularizer`.
+
+    q(z|x) = N(z_mean(x), exp(z_log_var(x))) as a TFP `MultivariateNormalDiag`
+    (scaled by the standard deviation), prior p(z) = N(0, I), likelihood
+    p(x|z) Gaussian with variance `obs_var` around sigmoid(decoder logits), or
+    Bernoulli on the logits. `call(x)` returns the posterior mean: the
+    representation downstream tasks use.
+    """
+
+    # obs_var 0.5 is the public AVAE reference implementation's default.
+    hyperparameters = {"obs_var": 0.5, "likelihood": "gaussian"}
+    base_terms = ("log_likelihood", "kl", "elbo")
+
+    def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
+        super().__init__(image_shape=image_shape, arch=arch, latent_dim=latent_dim, seed=seed, **kwargs)
+        self.encoder = networks.build_encoder(arch, self.image_shape, self.latent_dim)
+        self.decoder = networks.build_decoder(arch, self.latent_dim, self.image_shape)
+        self.built = True  # the functional networks own every weight already
+
+    def check_hyperparameters(self):
+        if not self.obs_var > 0:
+            raise ValueError(f"obs_var must be positive, got {self.obs_var}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of: {', '.join(LIKELIHOODS)}")
+
+    @property
+    def prior(self):
+        return tfd.MultivariateNormalDiag(loc=tf.zeros([self.latent_dim]))
+
+    def posterior(self, x, training=False):
+        z_mean, z_log_var = self.encoder(x, training=training)
+        return tfd.MultivariateNormalDiag(loc=z_mean, scale_diag=tf.exp(0.5 * z_log_var))
+
+    def decode(self, z, training=False):
+        """Mean image of p(x|z), in [0, 1]."""
+        return tf.sigmoid(self.decoder(z, training=training))
+
+    def call(self, x, training=False):
+        return self.encoder(x, training=training)[0]
+
+    def log_likelihood(self, x, logits):
+        if self.likelihood == "bernoulli":
+            return maths.bernoulli_log_likelihood(x, logits)
+        return maths.gaussian_log_likelihood(x, tf.sigmoid(logits), self.obs_var)
+
+    def compute_losses(self, x, training):
+        posterior = self.posterior(x, training=training)
+        z = posterior.sample(seed=self.noise_seed(0))
+        logits = self.decoder(z, training=training)
+        log_likelihood = tf.reduce_mean(self.log_likelihood(x, logits))
+        kl = tf.reduce_mean(maths.gaussian_kl(posterior.mean(), posterior.variance()))
+        penalty, extra = self.regularizer(x, posterior, z, tf.sigmoid(logits), training)
+        elbo = log_likelihood - kl
+        return {"loss": penalty - elbo, "log_likelihood": log_likelihood, "kl": kl, "elbo": elbo, **extra}
+
+    def regularizer(self, x, posterior, z, reconstruction, training):
+        """Returns (penalty added to -ELBO, {name: tracked scalar}).
+
+        `z` is the posterior sample of this step and `reconstruction` its
+        decoded mean image, so variants reuse them instead of decoding again.
+        The plain VAE adds nothing.
+        """
+        return tf.constant(0.0), {}

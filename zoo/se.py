@@ -1,0 +1,76 @@
+"""SE, the Smooth Encoder: Algorithm 2 and eqs. (25)-(32) of Cemgil et al., NeurIPS 2020 (appendix C.2-C.3).
+
+Selection (eqs. 25-27): x~ = stop_gradient(PGD(x)), an L-inf PGD attack of radius `se_epsilon` and
+`pgd_steps` steps that maximises the change of representation under the current (eval-mode) encoder,
+
+    -<log p_rho(z'|z)>_{q(z|x) q(z'|x~)} - H[q(z'|x~)].
+
+Maximisation (eq. 32), with the tighter pairwise bound of appendix C.3.1: z and z' are jointly Gaussian
+with the encoder's marginals q(z|x), q(z'|x~) and per-dimension cross-covariance
+psi_i = (sqrt(1 + 4 gamma^2 s_i s~_i) - 1) / (2 gamma), gamma = rho / (1 - rho^2). The bound is
+
+    <log p(x|z)> + <log p(z)> + <log p_rho(z'|z)>_q~ + H[q~(z, z')],
+
+i.e. the ELBO plus <log p_rho(z'|z)>_q~ + H[q~(z, z')] - H[q(z|x)]: the coupling expectation (31) with
+cross-covariance psi and the joint entropy, less the entropy the ELBO already holds. As x~ is stopped,
+the extra terms train the encoder only, never the decoder.
+"""
+
+import tensorflow as tf
+
+from zoo import attacks, base, maths, registry
+
+# Hyper-parameters of the selection step, shared with SE-AVAE.
+SELECTION_HYPERPARAMETERS = {"se_epsilon": 0.1, "pgd_steps": 5}
+_SELECTION_SALT = 1  # noise_seed salt of the PGD random start (0 is the posterior sample)
+
+
+def check_selection(model):
+    if not model.se_epsilon >= 0:
+        raise ValueError(f"se_epsilon must be non-negative, got {model.se_epsilon}")
+    if not model.pgd_steps >= 1:
+        raise ValueError(f"pgd_steps must be at least 1, got {model.pgd_steps}")
+
+
+def select(model, x, rho):
+    """x~ = stop_gradient(PGD(x)) maximising eqs. (25)-(26) under `model`'s eval-mode encoder.
+
+    The objective per example is -<log p_rho(z'|z)> - H[q(z'|x~)] for the factorised pair
+    q(z|x) q(z'|x~); H[q(z|x)] of eq. (26) does not depend on x~ and is left out.
+    """
+    reference = model.posterior(x, training=False)
+    z_mean, z_var = reference.mean(), reference.variance()
+
+    def change_of_representation(x_adv):
+        adversarial = model.posterior(x_adv, training=False)
+        z_prime_var = adversarial.variance()
+        coupling = maths.coupling_log_prob(z_mean, z_var, adversarial.mean(), z_prime_var, rho)
+        return -coupling - maths.gaussian_entropy(z_prime_var)
+
+    return attacks.pgd(
+        change_of_representation, x, model.se_epsilon, model.pgd_steps, seed=model.noise_seed(_SELECTION_SALT)
+    )
+
+
+@registry.register("se")
+class SE(base.BaseVAE):
+    # rho 0.95 is the paper's rho_SE; SE^5 (5 PGD steps) at radius 0.1 is its SE_0.1 on CelebA.
+    hyperparameters = {**base.BaseVAE.hyperparameters, "rho": 0.95, **SELECTION_HYPERPARAMETERS}
+    extra_terms = ("coupling_log_prob", "joint_entropy")
+
+    def check_hyperparameters(self):
+        super().check_hyperparameters()
+        if not -1.0 < self.rho < 1.0:
+            raise ValueError(f"rho must lie in (-1, 1), got {self.rho}")
+        check_selection(self)
+
+    def regularizer(self, x, posterior, z, reconstruction, training):
+        adversarial = self.posterior(select(self, x, self.rho), training=training)
+        z_var, z_prime_var = posterior.variance(), adversarial.variance()
+        psi = maths.coupling_cross_cov(z_var, z_prime_var, self.rho)
+        coupling = tf.reduce_mean(
+            maths.coupling_log_prob(posterior.mean(), z_var, adversarial.mean(), z_prime_var, self.rho, psi)
+        )
+        joint_entropy = tf.reduce_mean(maths.joint_gaussian_entropy(z_var, z_prime_var, psi))
+        entropy = tf.reduce_mean(maths.gaussian_entropy(z_var))
+        return -(coupling + joint_entropy - entropy), {"coupling_log_prob": coupling, "joint_entropy": joint_entropy}
