@@ -246,11 +246,13 @@ class ModelManager:
         max_num_load_retries=5,
         num_request_threads=8,
         warmup=True,
+        after_load=None,
     ):
         self.batching_options = batching_options
         self.poll_wait_seconds = poll_wait_seconds
         self.max_num_load_retries = max_num_load_retries
         self.warmup = warmup
+        self.after_load = after_load  # called (no arguments) after each successful load
         self.executor = concurrent.futures.ThreadPoolExecutor(num_request_threads, thread_name_prefix="predict")
         self._lock = threading.Condition()
         self._poll_lock = threading.Lock()
@@ -348,6 +350,8 @@ class ModelManager:
             model.states[version] = (_STATE.AVAILABLE, errors.OK, "")
             self._lock.notify_all()
         log.info("Successfully loaded servable version {name: %s version: %d}", name, version)
+        if self.after_load is not None:
+            self.after_load()
 
     def _retire(self, name, model, version):
         """Stops routing to `version`; unloads it in the background once its requests finish."""

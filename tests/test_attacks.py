@@ -105,6 +105,15 @@ def test_restarts_never_lower_the_objective_and_seeds_reproduce(norm):
     assert not np.array_equal(other.numpy(), again.numpy())
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_one_radius_per_example(norm):
+    x = _inputs()
+    radii = tf.linspace(0.0, 0.3, BATCH)
+    x_adv = attacks.pgd(_mlp_change()(x), x, radii, steps=4, norm=norm, seed=tf.constant([8, 9]))
+    distance = _ball_distance(x_adv - x, norm).numpy()
+    assert np.all(distance <= radii.numpy() + 1e-6) and distance[0] == 0.0 and np.all(distance[1:] > 0.0)
+
+
 def test_unseeded_random_start_works():
     x = _inputs()
     objective = _mlp_change()(x)

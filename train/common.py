@@ -29,10 +29,22 @@ flags.DEFINE_string("model_dir", "/tmp/robust_zoo/model", "Where checkpoints, lo
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and training noise.")
 flags.DEFINE_float("obs_var", 0.5, "Observation variance of the Gaussian likelihood.")
 flags.DEFINE_enum("likelihood", "gaussian", ["gaussian", "bernoulli"], "Decoder likelihood.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored"], "tf.distribute strategy.")
+flags.DEFINE_enum(
+    "strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"],
+    "tf.distribute strategy: auto mirrors over several GPUs; multi_worker reads the cluster from TF_CONFIG.",
+)  # fmt: skip
 flags.DEFINE_integer("virtual_cpus", 0, "Split the host CPU into N logical devices (tests mirrored on CPU).")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_integer(
+    "steps_per_execution", 1, "Training steps per call into TensorFlow (fewer Python round trips; lowered to divide "
+    "--checkpoint_every and --train_steps).", lower_bound=1,
+)  # fmt: skip
+flags.DEFINE_bool("mixed_precision", False, "mixed_float16 maths with loss scaling (for GPUs); weights stay float32.")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.", lower_bound=1)
+flags.DEFINE_string(
+    "init_from", None, "model_dir of a trained model to start from: its weights, arch, image shape and latent_dim "
+    "(required by models that read no data, e.g. avae_ss)."
+)
 
 flags.register_validator("obs_var", lambda v: v > 0, message="--obs_var must be positive")
 
@@ -42,48 +54,100 @@ def _fail(message):
     sys.exit(f"error: {message}")
 
 
-def _model_kwargs(model_class, image_shape, arch):
-    kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": FLAGS.latent_dim, "seed": FLAGS.seed}
+def _model_kwargs(model_class, image_shape, arch, latent_dim):
+    kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": FLAGS.seed}
     kwargs.update({name: FLAGS[name].value for name in model_class.hyperparameters})
+    if kwargs.get("dataset_size") == 0:  # a `dataset_size` hyper-parameter left at 0: the training split's size
+        kwargs["dataset_size"] = _train_size()
     return kwargs
+
+
+def _train_size():
+    """Examples in --dataset's training split, for estimators that need it (beta_tcvae's total correlation)."""
+    try:
+        size = int(zoo_data.get_spec(FLAGS.dataset).load("train", FLAGS.data_dir, FLAGS.download).cardinality())
+    except zoo_data.DataUnavailableError as error:
+        _fail(str(error))
+    if size < 1:
+        _fail(f"the size of the --dataset={FLAGS.dataset} training split is unknown: pass --dataset_size")
+    return size
+
+
+def _load_init_from(model_name, model_class, training):
+    """The trained model `--init_from` names, or None; a model that reads no data must have one."""
+    if not FLAGS.init_from:
+        if not model_class.needs_data:
+            _fail(f"{model_name} reads no data, it post-trains a trained model: pass --init_from=<its model_dir>")
+        return None
+    try:
+        return training.load_model(FLAGS.init_from)
+    except (OSError, ValueError) as error:
+        _fail(f"--init_from: {error}")
+
+
+def _shapes(model_class, source):
+    """(image_shape, arch, latent_dim): the `--init_from` model's if any, else the dataset's and the flags'."""
+    if source is not None:
+        shapes = (tuple(source.image_shape), source.arch, source.latent_dim)
+        if not model_class.needs_data:
+            return shapes
+    spec = zoo_data.get_spec(FLAGS.dataset)
+    if source is None:
+        return spec.image_shape, FLAGS.arch or spec.default_arch, FLAGS.latent_dim
+    if shapes[0] != tuple(spec.image_shape):
+        _fail(f"the --init_from model takes {shapes[0]} images, --dataset={FLAGS.dataset} has {spec.image_shape}")
+    return shapes
 
 
 def _main(model_name):
     import keras
+    import tensorflow as tf
     import zoo
     from zoo import training
 
     training.split_cpu(FLAGS.virtual_cpus)
+    try:  # first: MultiWorkerMirroredStrategy must exist before other TensorFlow work
+        strategy = training.make_strategy(FLAGS.strategy)
+    except ValueError as error:
+        _fail(str(error))
+    role = training.worker_role(strategy)  # only the chief writes into --model_dir
     keras.utils.set_random_seed(FLAGS.seed)
-    strategy = training.make_strategy(FLAGS.strategy)
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         _fail(f"--batch_size={FLAGS.batch_size} is not divisible by the {replicas} replicas of --strategy={FLAGS.strategy}")
 
     model_class = zoo.get_model_class(model_name)
-    spec = zoo_data.get_spec(FLAGS.dataset)
-    arch = FLAGS.arch or spec.default_arch
-    kwargs = _model_kwargs(model_class, spec.image_shape, arch)
-    config = {"model": model_name, "dataset": FLAGS.dataset, **kwargs, "image_shape": list(spec.image_shape)}
+    source = _load_init_from(model_name, model_class, training)
+    image_shape, arch, latent_dim = _shapes(model_class, source)
+    kwargs = _model_kwargs(model_class, image_shape, arch, latent_dim)
+    dataset = FLAGS.dataset if model_class.needs_data else None
+    config = {"model": model_name, "dataset": dataset, "init_from": FLAGS.init_from, **kwargs,
+              "image_shape": list(image_shape)}  # fmt: skip
     used_flags = {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)}
     used_flags.update({name: FLAGS[name].value for name in model_class.hyperparameters})
 
     try:
-        training.prepare_model_dir(FLAGS.model_dir, config)
-        with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
-            json.dump(used_flags, f, indent=2, sort_keys=True)
+        training.prepare_model_dir(FLAGS.model_dir, config, write_config=role.is_chief)
+        if role.is_chief:
+            with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
+                json.dump(used_flags, f, indent=2, sort_keys=True)
         model = training.build_model(
-            model_name, strategy, learning_rate=FLAGS.learning_rate, jit_compile=FLAGS.jit_compile, **kwargs
-        )
+            model_name, strategy, learning_rate=FLAGS.learning_rate, jit_compile=FLAGS.jit_compile,
+            steps_per_execution=FLAGS.steps_per_execution, mixed_precision=FLAGS.mixed_precision, **kwargs,
+        )  # fmt: skip
+        if source is not None:  # a resumed run then restores its own checkpoint over these weights
+            model.set_weights(source.get_weights())
 
         def make_train_data(initial_step):
+            if not model_class.needs_data:  # batches that carry only the batch size: the model draws its inputs
+                return tf.data.Dataset.from_tensors(tf.zeros([0])).repeat().batch(FLAGS.batch_size, drop_remainder=True)
             return zoo_data.load(
                 FLAGS.dataset, "train", FLAGS.batch_size, data_dir=FLAGS.data_dir, shuffle=True,
                 seed=FLAGS.seed + initial_step, repeat=True, drop_remainder=True, download=FLAGS.download,
             )  # fmt: skip
 
         validation = None
-        if FLAGS.eval_examples:
+        if FLAGS.eval_examples and model_class.needs_data:
             validation = zoo_data.load(
                 FLAGS.dataset, "test", FLAGS.batch_size, data_dir=FLAGS.data_dir, take=FLAGS.eval_examples,
                 download=FLAGS.download,
@@ -94,8 +158,13 @@ def _main(model_name):
         )  # fmt: skip
     except (ValueError, zoo_data.DataUnavailableError, training.NonFiniteLossError) as error:
         _fail(str(error))
-    print(f"trained {model_name} to step {int(model.optimizer.iterations.numpy())}; model saved in "
-          f"{os.path.join(FLAGS.model_dir, training.MODEL_FILE)}")  # fmt: skip
+    step, digest = int(model.optimizer.iterations.numpy()), training.weights_digest(model)
+    if role.is_chief:
+        print(f"trained {model_name} to step {step} (weights digest {digest}); model saved in "
+              f"{os.path.join(FLAGS.model_dir, training.MODEL_FILE)}")  # fmt: skip
+    else:
+        print(f"worker {role.task_type}:{role.task_id} trained {model_name} to step {step} (weights digest {digest}); "
+              "the chief saved the model")  # fmt: skip
 
 
 def run(model_name):

@@ -1,4 +1,4 @@
-"""Trains a Smooth Encoder (Algorithm 2, eq. 32): python -m train.se --dataset=... --rho=0.95 --se_epsilon=0.1 --pgd_steps=5"""
+"""Trains a Smooth Encoder (Algorithm 2, eq. 32): python -m train.se --dataset=... --se_epsilon=0.1 --pgd_steps=5"""
 
 from absl import flags
 

@@ -76,7 +76,7 @@ def _random_start(x, epsilon, norm, seed):
         g = tf.random.stateless_normal(shape, seed, dtype=x.dtype)
         u = tf.random.stateless_uniform(shape[:1], tf.random.experimental.stateless_fold_in(seed, 1), dtype=x.dtype)
     dim = tf.cast(tf.reduce_prod(shape[1:]), x.dtype)
-    radius = _per_example(epsilon * tf.pow(u, 1.0 / dim), x)
+    radius = epsilon * _per_example(tf.pow(u, 1.0 / dim), x)
     return x + radius * g / tf.maximum(_l2_norm(g), _TINY)
 
 
@@ -130,9 +130,9 @@ def pgd(
     Args:
         objective: maps inputs shaped like x to a per-example [batch] tensor to maximise.
         x: clean inputs [batch, ...] in [clip_min, clip_max].
-        epsilon: radius of the L-inf or L2 ball (python float or scalar tensor).
+        epsilon: radius of the L-inf or L2 ball: a scalar, or one radius per example [batch].
         steps: number of gradient steps (python int or scalar int tensor).
-        step_size: defaults to 2.5 * epsilon / steps.
+        step_size: defaults to 2.5 * epsilon / steps (per example when epsilon is).
         norm: "linf" (signed-gradient steps) or "l2" (per-example normalised-gradient steps).
         restarts: number of random starts; per example the highest objective wins.
         random_start: start uniformly in the ball (then projected onto the range), else at x.
@@ -147,6 +147,8 @@ def pgd(
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     epsilon = tf.cast(epsilon, x.dtype)
+    if epsilon.shape.rank == 1:
+        epsilon = _per_example(epsilon, x)
     if step_size is None:
         step_size = 2.5 * epsilon / tf.cast(tf.maximum(steps, 1), x.dtype)
     step_size = tf.cast(step_size, x.dtype)

@@ -187,3 +187,37 @@ class BaseVAE(ZooModel):
         The plain VAE adds nothing.
         """
         return tf.constant(0.0), {}
+
+
+class BaseDAE(ZooModel):
+    """Deterministic autoencoder; variants implement `compute_losses`.
+
+    The code z = E(x) is the z_mean output of the `--arch` encoder (its z_log_var head is left out,
+    so it has no weights here); the decoder's mean image is sigmoid(logits). `call(x)` returns the
+    code, and `posterior(x)` is a point mass at it (mean: the code, stddev: zeros), so evaluation and
+    export treat a deterministic model like a VAE's posterior mean.
+    """
+
+    base_terms = ("reconstruction",)
+
+    def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
+        super().__init__(image_shape=image_shape, arch=arch, latent_dim=latent_dim, seed=seed, **kwargs)
+        encoder = networks.build_encoder(arch, self.image_shape, self.latent_dim)
+        self.encoder = keras.Model(encoder.input, encoder.outputs[0], name="encoder")
+        self.decoder = networks.build_decoder(arch, self.latent_dim, self.image_shape)
+        self.built = True
+
+    def posterior(self, x, training=False):
+        return tfd.Independent(tfd.Deterministic(loc=self.encoder(x, training=training)), reinterpreted_batch_ndims=1)
+
+    def decode(self, z, training=False):
+        """Mean image in [0, 1]."""
+        return tf.sigmoid(self.decoder(z, training=training))
+
+    def call(self, x, training=False):
+        return self.encoder(x, training=training)
+
+    def reconstruction_error(self, x, z, training=False):
+        """Squared error of decode(z) against x, summed over pixels, averaged over the batch."""
+        error = tf.square(x - self.decode(z, training=training))
+        return tf.reduce_mean(tf.reduce_sum(tf.reshape(error, [tf.shape(x)[0], -1]), axis=-1))

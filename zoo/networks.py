@@ -23,11 +23,14 @@ import keras
 from keras import layers
 
 _HIDDEN = 200
+# Output layers compute in float32 even under the mixed_float16 policy, so the
+# posterior parameters, logits and every loss built on them stay float32.
+_OUT = "float32"
 
 
 def _heads(features, latent_dim):
-    z_mean = layers.Dense(latent_dim, name="z_mean")(features)
-    z_log_var = layers.Dense(latent_dim, name="z_log_var")(features)
+    z_mean = layers.Dense(latent_dim, name="z_mean", dtype=_OUT)(features)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype=_OUT)(features)
     return z_mean, z_log_var
 
 
@@ -51,8 +54,8 @@ def mlp_decoder(latent_dim, image_shape):
     x = latents
     for _ in range(4):
         x = layers.Dense(_HIDDEN, activation="relu")(x)
-    x = layers.Dense(int(image_shape[0] * image_shape[1] * image_shape[2]))(x)
-    return keras.Model(latents, layers.Reshape(image_shape)(x), name="decoder")
+    x = layers.Dense(int(image_shape[0] * image_shape[1] * image_shape[2]), dtype=_OUT)(x)
+    return keras.Model(latents, layers.Reshape(image_shape, dtype=_OUT)(x), name="decoder")
 
 
 def conv_encoder(image_shape, latent_dim):
@@ -72,7 +75,7 @@ def conv_decoder(latent_dim, image_shape):
     x = layers.Reshape((height // 2, width // 2, 64))(x)
     x = _conv_bn_relu(x, 64, 3, 1, transpose=True)
     x = _conv_bn_relu(x, 32, 3, 2, transpose=True)
-    x = layers.Conv2DTranspose(channels, 3, strides=1, padding="same")(x)
+    x = layers.Conv2DTranspose(channels, 3, strides=1, padding="same", dtype=_OUT)(x)
     return keras.Model(latents, x, name="decoder")
 
 
@@ -93,7 +96,7 @@ def conv64_decoder(latent_dim, image_shape):
     x = layers.Reshape((height // 16, width // 16, 1024))(x)
     for filters in (512, 256, 128):
         x = _conv_bn_relu(x, filters, 5, 2, transpose=True)
-    x = layers.Conv2DTranspose(channels, 5, strides=2, padding="same")(x)
+    x = layers.Conv2DTranspose(channels, 5, strides=2, padding="same", dtype=_OUT)(x)
     return keras.Model(latents, x, name="decoder")
 
 

@@ -1,0 +1,293 @@
+"""Reproduces the AVAE paper's ColorMNIST comparison at laptop scale (Table 1, Figure 5, Figure 1).
+
+    python -m benchmarks.reproduce_colormnist --data_dir=../shared/tfds --output_dir=results
+
+Every model trains through its own entry point (`python -m train.<model>`) with the conv architecture,
+latent 64 and the same steps and batch size, then `python -m evaluate.robustness` evaluates it: digit and
+colour accuracy of linear probes on the frozen encoder mean under L-inf PGD at each radius, test MSE, FID.
+The time ratio is the median wall-clock time of a training step (from each run's `timing.csv`) relative to
+the VAE's in this run. `--full` uses the paper's budget on the whole dataset (a GPU job).
+
+Writes `colormnist.json`, `colormnist.md` and three PNGs to --output_dir; model directories and the raw
+evaluations go to --work_dir.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
+flags.DEFINE_string("output_dir", "results", "Where colormnist.{json,md} and the plots go.")
+flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_colormnist", "Model directories and raw evaluations.")
+flags.DEFINE_bool("full", False, "The paper's budget on the whole dataset (a GPU machine): overrides the sizes below.")
+flags.DEFINE_integer("train_steps", 1500, "Training steps of every model (AVAE-SS: post-training steps).")
+flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
+flags.DEFINE_integer("num_examples", 500, "Test examples attacked per model.")
+flags.DEFINE_integer("pgd_steps", 40, "PGD steps of the evaluation attack.")
+flags.DEFINE_integer("restarts", 2, "PGD restarts of the evaluation attack (the paper: 10).")
+flags.DEFINE_integer("sweep_examples", 200, "Test examples attacked per model of the rho sweep.")
+flags.DEFINE_list("rhos", ["0.5", "0.8", "0.9", "0.95", "0.975", "0.99"], "AVAE couplings of Figure 5 (left).")
+flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
+
+EPSILONS = (0.0, 0.1, 0.2)
+# (label, registry name, model flags); AVAE-SS post-trains the VAE. Paper: rho 0.975, rho_SE 0.95, PGD-5.
+MODELS = (
+    ("VAE", "vae", {}),
+    ("SE_0.1", "se", {"rho": 0.95, "se_epsilon": 0.1, "pgd_steps": 5}),
+    ("SE_0.2", "se", {"rho": 0.95, "se_epsilon": 0.2, "pgd_steps": 5}),
+    ("AVAE", "avae", {"rho": 0.975}),
+    ("SE_0.1-AVAE", "se_avae", {"rho": 0.975, "rho_se": 0.95, "se_epsilon": 0.1, "pgd_steps": 5}),
+    ("AVAE-SS", "avae_ss", {"rho": 0.975}),
+)
+# The paper's Table 1 (ColorMNIST, conv): accuracy in % at eps 0 / 0.1 / 0.2, time relative to the VAE.
+PAPER = {
+    "VAE": {"digit": (93.8, 5.8, 0.0), "color": (100, 19.9, 2.0), "time": 1},
+    "SE_0.1": {"digit": (94.3, 89.6, 1.8), "color": (100, 100, 21.8), "time": 4},
+    "SE_0.2": {"digit": (95.7, 92.6, 87.3), "color": (100, 99.9, 99.9), "time": 4},
+    "AVAE": {"digit": (97.3, 88.1, 54.8), "color": (100, 99.8, 87.7), "time": 1.5},
+    "SE_0.1-AVAE": {"digit": (97.4, 93.6, 24.5), "color": (100, 100, 60.0), "time": 4.7},
+    "AVAE-SS": {"digit": (94.1, 72.8, 20.8), "color": (100, 99.6, 56.8), "time": 1.5},
+}
+
+
+def _run(args, log_path):
+    """Runs `python -m ...` from the repository root, logging to log_path; fails loudly."""
+    command = [sys.executable, "-m", *args]
+    print("$", " ".join(command), flush=True)
+    with open(log_path, "a") as log:
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO)
+    if completed.returncode:
+        sys.exit(f"error: {' '.join(args[:1])} failed (exit {completed.returncode}); see {log_path}")
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _budget():
+    if FLAGS.full:  # the paper: whole dataset, PGD-40 with 10 restarts (appendix F)
+        return dict(train_steps=100_000, num_examples=10_000, restarts=10, sweep_examples=10_000, probe=60_000)
+    return dict(
+        train_steps=FLAGS.train_steps,
+        num_examples=FLAGS.num_examples,
+        restarts=FLAGS.restarts,
+        sweep_examples=FLAGS.sweep_examples,
+        probe=7_000,  # every training digit of ../shared/tfds
+    )
+
+
+def _train(label, name, model_flags, budget, init_from=None):
+    model_dir = os.path.join(FLAGS.work_dir, "models", label)
+    args = [f"train.{name}", "--dataset=color_mnist", "--arch=conv", "--latent_dim=64",
+            f"--batch_size={FLAGS.batch_size}", f"--train_steps={budget['train_steps']}",
+            f"--checkpoint_every={min(500, budget['train_steps'])}", "--eval_examples=0",
+            f"--seed={FLAGS.seed}", f"--model_dir={model_dir}"]  # fmt: skip
+    args += [f"--{key}={value}" for key, value in model_flags.items()]
+    if FLAGS.data_dir:
+        args.append(f"--data_dir={FLAGS.data_dir}")
+    if init_from:
+        args.append(f"--init_from={init_from}")
+    started = time.time()
+    _run(args, os.path.join(FLAGS.work_dir, "logs", f"train_{label}.log"))
+    print(f"  trained {label} in {time.time() - started:.0f} s", flush=True)
+    return model_dir
+
+
+def _step_seconds(model_dir):
+    """Median wall-clock seconds of a training step, leaving out the first (tracing) steps."""
+    with open(os.path.join(model_dir, "timing.csv")) as f:
+        seconds = [float(line.split(",")[1]) for line in f.readlines()[1:]]
+    return statistics.median(seconds[5:] or seconds)
+
+
+def _evaluate(label, model_dir, num_examples, budget, stages):
+    output = os.path.join(FLAGS.work_dir, "eval", label)
+    args = ["evaluate.robustness", f"--model_dir={model_dir}", "--dataset=color_mnist",
+            f"--epsilons={','.join(map(str, EPSILONS))}", f"--pgd_steps={FLAGS.pgd_steps}",
+            f"--restarts={budget['restarts']}", f"--num_examples={num_examples}",
+            f"--probe_train_examples={budget['probe']}", f"--stages={stages}", f"--seed={FLAGS.seed}",
+            f"--output_dir={output}"]  # fmt: skip
+    if FLAGS.data_dir:
+        args.append(f"--data_dir={FLAGS.data_dir}")
+    _run(args, os.path.join(FLAGS.work_dir, "logs", f"eval_{label}.log"))
+    with open(os.path.join(output, "robustness.json")) as f:
+        return json.load(f), output
+
+
+def _accuracy_table(result):
+    """{task: {"0.0": accuracy, ...}} with string radii, as robustness.json holds it."""
+    return {task: {str(float(eps)): acc for eps, acc in by_eps.items()} for task, by_eps in result["adversarial_accuracy"].items()}
+
+
+def _cell(accuracies):
+    return " / ".join(f"{100 * accuracies[str(eps)]:.1f}" for eps in EPSILONS)
+
+
+def _paper_cell(values):
+    return " / ".join(f"{v:g}" for v in values)
+
+
+def _markdown(report):
+    lines = [
+        "# ColorMNIST: downstream adversarial accuracy (AVAE paper, Table 1)",
+        "",
+        "Linear probes on the frozen encoder mean, attacked end to end with L-inf PGD; accuracy in % at",
+        "eps 0 / 0.1 / 0.2. *paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full training).",
+        "",
+        "| model | digit (here) | digit (paper) | colour (here) | colour (paper) | time (here) | time (paper) | MSE | FID |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, entry in report["models"].items():
+        paper = PAPER[label]
+        acc = entry["adversarial_accuracy"]
+        lines.append(
+            f"| {label} | {_cell(acc['digit'])} | {_paper_cell(paper['digit'])} | {_cell(acc['color'])} | "
+            f"{_paper_cell(paper['color'])} | x{entry['time_ratio']:.2f} | x{paper['time']:g} | "
+            f"{entry['mse']:.4f} | {entry['fid']:.2f} |"
+        )
+    settings = report["settings"]
+    lines += [
+        "",
+        f"FID features: {report['fid_features']}.",
+        "",
+        "## AVAE accuracy against the coupling rho (Figure 5, left)",
+        "",
+        "| rho | digit 0.0 / 0.1 / 0.2 | colour 0.0 / 0.1 / 0.2 |",
+        "|---|---|---|",
+    ]
+    for rho, acc in report["rho_sweep"].items():
+        lines.append(f"| {rho} | {_cell(acc['digit'])} | {_cell(acc['color'])} |")
+    lines += [
+        "",
+        f"Budget: {settings['train_steps']} training steps of batch {settings['batch_size']} per model "
+        f"(conv, latent 64, Adam 1e-4, seed {settings['seed']}); PGD-{settings['pgd_steps']} with "
+        f"{settings['restarts']} restarts on {settings['num_examples']} test digits "
+        f"({settings['sweep_examples']} for the rho sweep); probes trained on {settings['probe_train_examples']} "
+        "training digits. Time is the median step time relative to the VAE, measured in this run.",
+        "",
+        "Plots: `colormnist_accuracy_vs_epsilon.png` (Figure 5 right), `colormnist_rho_sweep.png` "
+        "(Figure 5 left), `colormnist_chains.png` (Figure 1: encode-decode chains, VAE above, AVAE below).",
+        "",
+        "Produced by:",
+        "",
+        "```bash",
+        report["command"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(report, chain_pngs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = FLAGS.output_dir
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for task, ax in zip(("digit", "color"), axes):
+        for label, entry in report["models"].items():
+            acc = entry["adversarial_accuracy"][task]
+            ax.plot(EPSILONS, [100 * acc[str(e)] for e in EPSILONS], marker="o", label=label)
+        ax.set(title=f"{task} task", xlabel="attack radius eps (L-inf)", ylabel="adversarial accuracy (%)", ylim=(0, 101))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "colormnist_accuracy_vs_epsilon.png"), dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    rhos = [float(r) for r in report["rho_sweep"]]
+    for task, ax in zip(("digit", "color"), axes):
+        for eps in EPSILONS:
+            ax.plot(rhos, [100 * report["rho_sweep"][r][task][str(eps)] for r in report["rho_sweep"]], marker="o",
+                    label=f"eps={eps}")  # fmt: skip
+        ax.set(title=f"AVAE, {task} task", xlabel="coupling rho", ylabel="adversarial accuracy (%)", ylim=(0, 101))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "colormnist_rho_sweep.png"), dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(len(chain_pngs), 1, figsize=(10, 4 * len(chain_pngs)))
+    for ax, (label, png) in zip(axes, chain_pngs.items()):
+        ax.imshow(plt.imread(png))
+        ax.set_title(f"{label}: encode-decode chain (each row: a test digit, then decoder(encoder(.)) iterated)")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "colormnist_chains.png"), dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    budget = _budget()
+    os.makedirs(os.path.join(FLAGS.work_dir, "logs"), exist_ok=True)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    started = time.time()
+    model_dirs, results, eval_dirs = {}, {}, {}
+    for label, name, model_flags in MODELS:
+        init_from = model_dirs["VAE"] if name == "avae_ss" else None
+        model_dirs[label] = _train(label, name, model_flags, budget, init_from)
+        results[label], eval_dirs[label] = _evaluate(
+            label, model_dirs[label], budget["num_examples"], budget, "accuracy,decoder,chains"
+        )
+    vae_step = _step_seconds(model_dirs["VAE"])
+    rho_sweep = {}
+    for rho in FLAGS.rhos:
+        label = f"AVAE_rho{rho}"
+        if float(rho) == MODELS[3][2]["rho"]:
+            model_dir = model_dirs["AVAE"]
+        else:
+            model_dir = _train(label, "avae", {"rho": rho}, budget)
+        result, _ = _evaluate(label, model_dir, budget["sweep_examples"], budget, "accuracy")
+        rho_sweep[rho] = _accuracy_table(result)
+
+    first = next(iter(results.values()))
+    report = {
+        "models": {
+            label: {
+                "adversarial_accuracy": _accuracy_table(result),
+                "mse": result["mse"],
+                "fid": result["fid"],
+                "time_ratio": _step_seconds(model_dirs[label]) / vae_step,
+                "step_seconds": _step_seconds(model_dirs[label]),
+                "model_flags": dict(MODELS[[m[0] for m in MODELS].index(label)][2]),
+            }
+            for label, result in results.items()
+        },
+        "rho_sweep": rho_sweep,
+        "paper": PAPER,
+        "fid_features": first["fid_features"],
+        "settings": {
+            **{k: v for k, v in budget.items() if k != "probe"},
+            "probe_train_examples": budget["probe"],
+            "batch_size": FLAGS.batch_size,
+            "pgd_steps": FLAGS.pgd_steps,
+            "epsilons": list(EPSILONS),
+            "arch": "conv",
+            "latent_dim": 64,
+            "learning_rate": 1e-4,
+            "seed": FLAGS.seed,
+            "full": FLAGS.full,
+            "wall_clock_seconds": round(time.time() - started),
+            "evaluation_settings": first["settings"],
+        },
+        "command": "python -m benchmarks.reproduce_colormnist " + " ".join(sys.argv[1:]),
+    }
+    with open(os.path.join(FLAGS.output_dir, "colormnist.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(FLAGS.output_dir, "colormnist.md"), "w") as f:
+        f.write(_markdown(report))
+    _plot(report, {label: os.path.join(eval_dirs[label], "chain.png") for label in ("VAE", "AVAE")})
+    print(f"wrote {FLAGS.output_dir}/colormnist.json and colormnist.md in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)

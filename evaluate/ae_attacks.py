@@ -1,0 +1,73 @@
+"""Attacks on the autoencoder itself (robust GMM-DAE paper, section 4, eqs. 12-13, Table 1).
+
+Both are L2 PGD (`zoo.attacks.pgd`) with ||delta||_2 <= lambda, pixels in [0, 1]:
+
+- latent-space attack (eq. 12): min ||z(x + delta) - z(x_t)||_2, x_t an image of
+  another class; the reference image is the target, x_r = x_t;
+- maximum-damage attack (eq. 13): max ||dec(z(x + delta)) - dec(z(x))||_2; the
+  reference image is the input, x_r = x.
+
+z is the encoder mean f_mu. Per attacked example the functions return the
+attack loss (the achieved value of the eq. 12 / 13 objective) and, as in
+Table 1, MS-SSIM(x_r, x~_a), MS-SSIM(x, x_a) and MS-SSIM(x~_r, x~_a), where
+x_a = x + delta, x~_a = dec(z(x_a)) and x~_r = dec(z(x_r)).
+"""
+
+import tensorflow as tf
+
+from evaluate import msssim
+from zoo import attacks
+
+ATTACKS = ("latent", "max_damage")
+METRICS = ("loss", "ms_ssim_ref_vs_adv_recon", "ms_ssim_input_vs_adv_input", "ms_ssim_ref_recon_vs_adv_recon")
+
+
+def _flat(t):
+    return tf.reshape(t, [tf.shape(t)[0], -1])
+
+
+def _distance(a, b):
+    return tf.sqrt(tf.reduce_sum(tf.square(_flat(a) - _flat(b)), axis=1) + 1e-12)
+
+
+def make_attack(kind, encode_mean, decode, steps, restarts):
+    """A tf.function (x, x_target, lam, seed) -> {metric: [batch]} for `kind` in ATTACKS.
+
+    `x_target` is ignored by the maximum-damage attack.
+    """
+    if kind not in ATTACKS:
+        raise ValueError(f"unknown autoencoder attack {kind!r}; choose one of: {', '.join(ATTACKS)}")
+
+    @tf.function(reduce_retracing=True)
+    def run(x, x_target, lam, seed):
+        if kind == "latent":
+            z_target = tf.stop_gradient(encode_mean(x_target))
+            reference = x_target
+
+            def objective(x_adv):
+                return -_distance(encode_mean(x_adv), z_target)
+
+        else:
+            clean_reconstruction = tf.stop_gradient(decode(encode_mean(x)))
+            reference = x
+
+            def objective(x_adv):
+                return _distance(decode(encode_mean(x_adv)), clean_reconstruction)
+
+        x_adv = attacks.pgd(objective, x, lam, steps, norm="l2", restarts=restarts, random_start=True, seed=seed)
+        z_adv = encode_mean(x_adv)
+        adv_reconstruction = decode(z_adv)
+        reference_reconstruction = decode(encode_mean(reference))
+        if kind == "latent":
+            loss = _distance(z_adv, encode_mean(x_target))
+        else:
+            loss = _distance(adv_reconstruction, reference_reconstruction)
+        return {
+            "loss": loss,
+            "ms_ssim_ref_vs_adv_recon": msssim.ms_ssim(reference, adv_reconstruction),
+            "ms_ssim_input_vs_adv_input": msssim.ms_ssim(x, x_adv),
+            "ms_ssim_ref_recon_vs_adv_recon": msssim.ms_ssim(reference_reconstruction, adv_reconstruction),
+            "perturbation_l2": _distance(x_adv, x),
+        }
+
+    return run

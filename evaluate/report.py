@@ -1,0 +1,324 @@
+"""Writing results: robustness.json, a Markdown table, PNG plots and the side-by-side comparison."""
+
+import json
+import math
+import os
+
+import numpy as np
+
+JSON_FILE = "robustness.json"
+TABLE_FILE = "robustness.md"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def epsilon_key(epsilon):
+    """The JSON key of an attack radius: '0', '0.1', '0.2', ..."""
+    return f"{float(epsilon):g}"
+
+
+def write_json(result, path):
+    """Strict JSON (NaN and infinities become null), written atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(_finite(result), f, indent=2, allow_nan=False, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _percent(value):
+    return "n/a" if value is None else f"{100.0 * value:.1f}"
+
+
+def _number(value, digits=3):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return str(value)
+    return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def _epsilons(result):
+    keys = set()
+    for per_epsilon in (result.get("adversarial_accuracy") or {}).values():
+        keys.update(per_epsilon)
+    return sorted(keys, key=float)
+
+
+def accuracy_table(result):
+    accuracy = result.get("adversarial_accuracy")
+    if not accuracy:
+        return "_adversarial accuracy not computed_\n"
+    epsilons = _epsilons(result)
+    lines = [
+        "| task | " + " | ".join(f"eps={e}" for e in epsilons) + " |",
+        "|---|" + "---|" * len(epsilons),
+    ]
+    for task, per_epsilon in accuracy.items():
+        lines.append(f"| {task} | " + " | ".join(_percent(per_epsilon.get(e)) for e in epsilons) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ae_attack_table(attack):
+    if not attack:
+        return "_not computed_\n"
+    lambdas = list(attack["by_lambda"])
+    lines = ["| metric | " + " | ".join(f"lambda={lam}" for lam in lambdas) + " |", "|---|" + "---|" * len(lambdas)]
+    for metric in attack["metrics"]:
+        cells = []
+        for lam in lambdas:
+            stats = attack["by_lambda"][lam][metric]
+            cells.append(f"{_number(stats['mean'])} +- {_number(stats['std'])}")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(result):
+    """The Markdown report of one model's robustness.json."""
+    settings = result.get("settings", {})
+    out = [f"# Robustness of `{result['model']}` on `{result['dataset']}`\n\n"]
+    if result.get("model_dir"):
+        out.append(f"Model directory: `{result['model_dir']}`\n")
+    out.append(
+        f"\n## Downstream adversarial accuracy (%)\n\nLinear probes on f_mu, L-inf PGD "
+        f"({settings.get('pgd_steps')} steps, {settings.get('restarts')} restarts), "
+        f"{settings.get('num_examples')} test examples.\n\n"
+    )
+    out.append(accuracy_table(result))
+    mse = result.get("mse") or {}
+    features = result.get("fid_features") or {}
+    out.append("\n## Decoder quality\n\n| MSE per pixel | MSE per image (sum) | FID samples | FID reconstructions | FID features |\n")
+    out.append("|---|---|---|---|---|\n")
+    out.append(
+        f"| {_number(mse.get('per_pixel'), 5)} | {_number(mse.get('per_image_sum'))} | {_number(result.get('fid'))} | "
+        f"{_number(result.get('fid_reconstructions'))} | {features.get('kind', 'n/a')} |\n"
+    )
+    for key, title in (("latent_attack", "Latent-space attack"), ("max_damage_attack", "Maximum-damage attack")):
+        attack = result.get(key)
+        reference = f" (reference image: {attack['reference']})" if attack else ""
+        ms_ssim = settings.get("ms_ssim") or {}
+        out.append(
+            f"\n## {title}{reference}\n\nL2 PGD, mean +- std over trials. ms_ssim_ref_vs_adv_recon = "
+            "MS-SSIM(x_r, x~_a), ms_ssim_input_vs_adv_input = MS-SSIM(x, x_a), ms_ssim_ref_recon_vs_adv_recon = "
+            f"MS-SSIM(x~_r, x~_a) (MS-SSIM: {ms_ssim.get('scales')} scales, {ms_ssim.get('filter_size')}x"
+            f"{ms_ssim.get('filter_size')} window).\n\n"
+        )
+        out.append(_ae_attack_table(attack))
+    margin = result.get("margin")
+    out.append("\n## Margin of robustness (L2)\n\n")
+    if margin:
+        bound = margin.get("bound") or {}
+        empirical = margin.get("empirical") or {}
+        out.append("| r | p(r-robust, clean) | bound median | empirical margin median | bound holds |\n|---|---|---|---|---|\n")
+        out.append(
+            f"| {_number(margin.get('r'))} | {_number(margin.get('clean_robust_fraction'))} | "
+            f"{_number(bound.get('median'), 4) if bound.get('applicable') else 'n/a'} | "
+            f"{_number(empirical.get('median_lo'), 4)} | "
+            f"{_number(margin.get('bound_holds_fraction')) if bound.get('applicable') else 'n/a'} |\n"
+        )
+        if not bound.get("applicable"):
+            out.append(f"\nBound: {bound.get('reason')}\n")
+    else:
+        out.append("_not computed_\n")
+    chain = result.get("chain_drift")
+    out.append("\n## Encode-decode chain drift\n\n")
+    if chain:
+        out.append(
+            f"mean ||z_k - z_0|| after k = {chain['steps']} steps: {_number(chain['final'])} "
+            f"(per step: {', '.join(_number(d) for d in chain['per_step'])})\n"
+        )
+    else:
+        out.append("_not computed_\n")
+    timing = result.get("timing") or {}
+    if timing:
+        out.append("\n## Timing\n\n| stage | seconds | examples/s |\n|---|---|---|\n")
+        for stage, t in timing.items():
+            out.append(f"| {stage} | {_number(t.get('seconds'))} | {_number(t.get('examples_per_second'))} |\n")
+    return "".join(out)
+
+
+def _grid(n, columns=4):
+    columns = min(columns, n)
+    return int(math.ceil(n / columns)), columns
+
+
+def plot_accuracy(results, path, labels=None):
+    """Accuracy vs epsilon, one panel per task, one line per result (AVAE paper, Figure 5 right column)."""
+    plt = _pyplot()
+    labels = labels or [r["model"] for r in results]
+    tasks = list(results[0].get("adversarial_accuracy") or {})
+    if not tasks:
+        return None
+    rows, columns = _grid(len(tasks))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for result, label in zip(results, labels):
+            per_epsilon = (result.get("adversarial_accuracy") or {}).get(task)
+            if not per_epsilon:
+                continue
+            epsilons = sorted(per_epsilon, key=float)
+            ax.plot([float(e) for e in epsilons], [100.0 * per_epsilon[e] for e in epsilons], marker="o", label=label)
+        ax.set_title(task)
+        ax.set_xlabel("attack radius epsilon (L-inf)")
+        ax.set_ylabel("adversarial accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_ae_attacks(results, path, labels=None):
+    """MS-SSIM(x_r, x~_a) of the latent attack and MS-SSIM(x~_r, x~_a) of the max-damage attack vs lambda."""
+    plt = _pyplot()
+    labels = labels or [r["model"] for r in results]
+    panels = (
+        ("latent_attack", "ms_ssim_ref_vs_adv_recon", "latent attack: MS-SSIM(x_t, x~_a) (lower = robust)"),
+        ("max_damage_attack", "ms_ssim_ref_recon_vs_adv_recon", "max damage: MS-SSIM(x~, x~_a) (higher = robust)"),
+    )
+    if not any(r.get(key) for r in results for key, _, _ in panels):
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, (key, metric, title) in zip(axes, panels):
+        for result, label in zip(results, labels):
+            attack = result.get(key)
+            if not attack:
+                continue
+            lambdas = list(attack["by_lambda"])
+            means = [attack["by_lambda"][lam][metric]["mean"] for lam in lambdas]
+            stds = [attack["by_lambda"][lam][metric]["std"] for lam in lambdas]
+            ax.errorbar([float(lam) for lam in lambdas], means, yerr=stds, marker="o", capsize=3, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("lambda (L2)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_chain(images, path):
+    """images [steps + 1, batch, H, W, C]: one row per example, x then its k-th decodings."""
+    plt = _pyplot()
+    steps, batch = images.shape[0], images.shape[1]
+    figure, axes = plt.subplots(batch, steps, figsize=(1.0 * steps, 1.0 * batch), squeeze=False)
+    for i in range(batch):
+        for k in range(steps):
+            image = np.clip(images[k, i], 0.0, 1.0)
+            ax = axes[i, k]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("x" if k == 0 else f"k={k}", fontsize=8)
+    figure.tight_layout(pad=0.1)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_margin(bound, empirical_lo, empirical_hi, path):
+    """Bound vs the empirical bracket per example (log-log)."""
+    plt = _pyplot()
+    bound = np.asarray(bound, float)
+    lo = np.asarray(empirical_lo, float)
+    hi = np.asarray(empirical_hi, float)
+    keep = (bound > 0) & np.isfinite(hi) & (hi > 0)
+    if not keep.any():
+        return None
+    figure, ax = plt.subplots(figsize=(4.2, 3.8))
+    mid = np.sqrt(np.maximum(lo[keep], 1e-12) * hi[keep])
+    ax.errorbar(bound[keep], mid, yerr=[mid - lo[keep], hi[keep] - mid], fmt="o", ms=3, alpha=0.6)
+    low = min(bound[keep].min(), lo[keep][lo[keep] > 0].min() if (lo[keep] > 0).any() else hi[keep].min())
+    high = max(bound[keep].max(), hi[keep].max())
+    ax.plot([low, high], [low, high], "k--", lw=1, label="bound = margin")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bound  min sigma Phi^-1(p) / ||J||_F")
+    ax.set_ylabel("empirical margin (attack bracket)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def comparison_markdown(results, labels):
+    """One row per model: accuracy per task and epsilon, MSE, FID, attacks at the largest lambda, margin, drift."""
+    epsilons = _epsilons(results[0])
+    tasks = list(results[0].get("adversarial_accuracy") or {})
+    header = ["model", "dataset"]
+    header += [f"{task} eps={e}" for task in tasks for e in epsilons]
+    header += ["MSE/px", "FID", "latent MS-SSIM(x_t,x~_a)", "max-dmg MS-SSIM(x~,x~_a)", "margin median", "chain drift"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for result, label in zip(results, labels):
+        row = [label, result.get("dataset", "")]
+        accuracy = result.get("adversarial_accuracy") or {}
+        row += [_percent((accuracy.get(task) or {}).get(e)) for task in tasks for e in epsilons]
+        row.append(_number((result.get("mse") or {}).get("per_pixel"), 5))
+        row.append(_number(result.get("fid")))
+        for key, metric in (("latent_attack", "ms_ssim_ref_vs_adv_recon"), ("max_damage_attack", "ms_ssim_ref_recon_vs_adv_recon")):
+            attack = result.get(key)
+            if attack:
+                lam = list(attack["by_lambda"])[-1]
+                row.append(f"{_number(attack['by_lambda'][lam][metric]['mean'])} (lambda={lam})")
+            else:
+                row.append("n/a")
+        margin = result.get("margin") or {}
+        row.append(_number((margin.get("empirical") or {}).get("median_lo"), 4))
+        row.append(_number((result.get("chain_drift") or {}).get("final")))
+        lines.append("| " + " | ".join(row) + " |")
+    features = {(r.get("fid_features") or {}).get("kind") for r in results}
+    note = ""
+    if len(features) > 1:
+        note = "\n**Warning:** these FIDs use different feature extractors and are not comparable.\n"
+    return "# Robustness comparison\n\n" + "\n".join(lines) + "\n" + note
+
+
+def write_comparison(results, labels, output_dir):
+    """comparison.md, comparison_accuracy.png and comparison_ae_attacks.png in output_dir; returns the paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = [os.path.join(output_dir, "comparison.md")]
+    with open(paths[0], "w") as f:
+        f.write(comparison_markdown(results, labels))
+    for name, plot in (("comparison_accuracy.png", plot_accuracy), ("comparison_ae_attacks.png", plot_ae_attacks)):
+        written = plot(results, os.path.join(output_dir, name), labels)
+        if written:
+            paths.append(written)
+    return paths

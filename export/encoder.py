@@ -1,0 +1,410 @@
+"""Exports a trained encoder as a SavedModel for TF Serving and TF Hub reuse.
+
+    python -m export.encoder --model_dir=M --export_base=E --model_name=N [--version=V]
+
+loads `M/model.keras` and writes `E/N/<V, or the next integer>/` atomically
+(a temporary directory beside it, then one rename), so a server polling
+`E/N` never sees a half-written version. It also writes, for the real
+`tensorflow_model_server`, `E/models.config` (one entry per exported model)
+and `E/batching_parameters.txt`.
+
+The export contract (names and shapes are stable; the batch dimension is
+None; H, W, C and D are the model's image shape and latent dimension):
+
+- `serving_default`: `images` float32 [None, H, W, C] in [0, 1] ->
+  `embedding` float32 [None, D] (posterior mean), `stddev` float32 [None, D]
+  (posterior standard deviation; zeros for a deterministic model).
+- `encode_image`: `image_bytes` string [None] (JPEG/PNG/BMP/GIF bytes, as TF
+  Serving clients send them with {"b64": ...}), decoded to C channels and
+  resized to H x W -> `embedding`, `stddev`.
+- `reconstruct`: `images` -> `reconstruction` float32 [None, H, W, C].
+- `decode`: `latents` float32 [None, D] -> `images` float32 [None, H, W, C].
+- The TF Hub reusable SavedModel API on the same object: `__call__(images,
+  training=False)` -> embedding, and `variables`, `trainable_variables`,
+  `regularization_losses`.
+
+Images with NaN or infinite values are rejected with INVALID_ARGUMENT (HTTP
+400 from TF Serving and from `serving.server`). `assets/model_card.md` (and
+`model_card.json`) describe the model: type, training flags, dataset and,
+when the model directory holds an evaluation JSON, its robustness table.
+
+The module is a thin `tf.Module` in the style of TF Model Garden's
+`export_base.py`: `tf.function`s with fixed input signatures, named
+signatures, and one `export()` call. It calls the model's own public methods
+(`posterior`, `decode`, `__call__`) and reimplements none of its maths.
+"""
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+MODEL_CARD = "model_card.md"
+MODEL_CARD_JSON = "model_card.json"
+MODELS_CONFIG = "models.config"
+BATCHING_PARAMETERS = "batching_parameters.txt"
+SIGNATURES = ("serving_default", "encode_image", "reconstruct", "decode")
+
+# Written beside the models for `tensorflow_model_server --enable_batching`;
+# also what `serving.server` reads. Batches of up to 64 rows, closed after 2 ms.
+DEFAULT_BATCHING_PARAMETERS = """\
+max_batch_size { value: 64 }
+batch_timeout_micros { value: 2000 }
+max_enqueued_batches { value: 100 }
+num_batch_threads { value: 2 }
+"""
+
+
+class EncoderExportModule(tf.Module):
+    """The exported object: serving signatures plus the TF Hub reusable API."""
+
+    # Plain attributes on this object, shadowing tf.Module's properties of the
+    # same names, so they are saved as the TF Hub reusable SavedModel API asks.
+    variables = None
+    trainable_variables = None
+    regularization_losses = None
+
+    def __init__(self, model, model_card_paths=()):
+        super().__init__(name="encoder_export")
+        object.__setattr__(self, "_model", model)  # not tracked: its variables are, below
+        height, width, channels = (int(d) for d in model.image_shape)
+        self._image_size = (height, width)
+        self._channels = channels
+        latent_dim = int(model.latent_dim)
+        images = tf.TensorSpec([None, height, width, channels], tf.float32, name="images")
+        image_bytes = tf.TensorSpec([None], tf.string, name="image_bytes")
+        latents = tf.TensorSpec([None, latent_dim], tf.float32, name="latents")
+
+        variables = [_tf_variable(v) for v in model.variables]
+        self.variables = variables
+        self.trainable_variables = [v for v in variables if v.trainable]
+        self.regularization_losses = []
+        self.model_card = [tf.saved_model.Asset(path) for path in model_card_paths]
+
+        self.serve = tf.function(self._serve, input_signature=[images])
+        self.encode_image = tf.function(self._encode_image, input_signature=[image_bytes])
+        self.reconstruct = tf.function(self._reconstruct, input_signature=[images])
+        self.decode = tf.function(self._decode, input_signature=[latents])
+        self.__call__ = tf.function(self._call)
+        for training in (False, True):
+            self.__call__.get_concrete_function(images, training=training)
+
+    # -- the model's maths, through its public methods ------------------------
+
+    def _posterior_moments(self, images):
+        model = self._model
+        images = tf.debugging.assert_all_finite(images, "images must be finite (no NaN or Inf)")
+        if hasattr(model, "posterior"):
+            posterior = model.posterior(images, training=False)
+            mean, stddev = posterior.mean(), posterior.stddev()
+        else:  # a deterministic encoder: the code itself, no spread
+            mean = model(images, training=False)
+            stddev = tf.zeros_like(mean)
+        mean = tf.cast(mean, tf.float32)
+        stddev = tf.broadcast_to(tf.cast(stddev, tf.float32), tf.shape(mean))
+        return mean, stddev
+
+    def _decode_latents(self, latents):
+        model = self._model
+        if hasattr(model, "decode"):
+            return tf.cast(model.decode(latents, training=False), tf.float32)
+        return tf.cast(model.decoder(latents, training=False), tf.float32)
+
+    def _decode_image(self, data):
+        image = tf.io.decode_image(data, channels=self._channels, expand_animations=False, dtype=tf.float32)
+        size = tf.shape(image)[:2]
+        image = tf.cond(
+            tf.reduce_all(size == self._image_size),
+            lambda: image,
+            lambda: tf.image.resize(image, self._image_size, antialias=True),
+        )
+        return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [*self._image_size, self._channels])
+
+    # -- the signatures ----------------------------------------------------------
+
+    def _serve(self, images):
+        embedding, stddev = self._posterior_moments(images)
+        return {"embedding": embedding, "stddev": stddev}
+
+    def _encode_image(self, image_bytes):
+        spec = tf.TensorSpec([*self._image_size, self._channels], tf.float32)
+        images = tf.map_fn(self._decode_image, image_bytes, fn_output_signature=spec)
+        return self._serve(images)
+
+    def _reconstruct(self, images):
+        embedding, _ = self._posterior_moments(images)
+        return {"reconstruction": self._decode_latents(embedding)}
+
+    def _decode(self, latents):
+        latents = tf.debugging.assert_all_finite(latents, "latents must be finite (no NaN or Inf)")
+        return {"images": self._decode_latents(latents)}
+
+    def _call(self, images, training=False):
+        """TF Hub reusable API: the embedding (the model's own `call`: posterior mean)."""
+        return tf.cast(self._model(images, training=training), tf.float32)
+
+    def signatures(self):
+        return {
+            "serving_default": self.serve.get_concrete_function(),
+            "encode_image": self.encode_image.get_concrete_function(),
+            "reconstruct": self.reconstruct.get_concrete_function(),
+            "decode": self.decode.get_concrete_function(),
+        }
+
+
+def _tf_variable(variable):
+    """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
+    value = getattr(variable, "value", variable)
+    return value if isinstance(value, tf.Variable) else variable
+
+
+# ----------------------------------------------------------------------------
+# Model card
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def find_evaluation(model_dir):
+    """(path, data) of the robustness/evaluation JSON in `model_dir`, or (None, None)."""
+    candidates = [os.path.join(model_dir, "robustness.json")]
+    for pattern in ("*robust*.json", "*eval*.json", "evaluation/*.json", "eval/*.json"):
+        candidates += sorted(glob.glob(os.path.join(model_dir, pattern)))
+    for path in candidates:
+        if os.path.isfile(path):
+            data = _read_json(path)
+            if data is not None:
+                return path, data
+    return None, None
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def robustness_table(data):
+    """A markdown table of an evaluation JSON: rows of records, or key/value pairs."""
+    records = None
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        records = data
+    elif isinstance(data, dict):
+        for key in ("results", "rows", "table", "robustness"):
+            value = data.get(key)
+            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                records = value
+                break
+    if records is not None and all(not isinstance(v, (dict, list)) for r in records for v in r.values()):
+        columns = []
+        for record in records:
+            columns += [key for key in record if key not in columns]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_cell(record.get(c, "")) for c in columns) + " |" for record in records]
+        return "\n".join(lines)
+    pairs = _flatten_pairs(data)
+    lines = ["| metric | value |", "|---|---|"] + [f"| {_cell(k)} | {_cell(v)} |" for k, v in pairs]
+    return "\n".join(lines)
+
+
+def _flatten_pairs(data, prefix=""):
+    if isinstance(data, dict):
+        pairs = []
+        for key, value in data.items():
+            pairs += _flatten_pairs(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+        return pairs
+    if isinstance(data, list) and any(isinstance(item, (dict, list)) for item in data):
+        pairs = []
+        for i, item in enumerate(data):
+            pairs += _flatten_pairs(item, f"{prefix}[{i}]")
+        return pairs
+    return [(prefix or "value", json.dumps(data) if isinstance(data, list) else data)]
+
+
+def model_card(model, model_dir):
+    """(markdown, dict) describing the exported model."""
+    config = _read_json(os.path.join(model_dir, "config.json")) or {}
+    flags = _read_json(os.path.join(model_dir, "flags.json")) or {}
+    eval_path, evaluation = find_evaluation(model_dir)
+    model_type = getattr(model, "registry_name", None) or config.get("model") or type(model).__name__
+    card = {
+        "model_type": model_type,
+        "model_class": f"{type(model).__module__}.{type(model).__name__}",
+        "dataset": config.get("dataset") or flags.get("dataset"),
+        "image_shape": [int(d) for d in model.image_shape],
+        "latent_dim": int(model.latent_dim),
+        "architecture": getattr(model, "arch", None),
+        "stddev": "posterior standard deviation" if hasattr(model, "posterior") else "zeros (deterministic encoder)",
+        "training_flags": flags,
+        "model_config": config,
+        "evaluation_file": os.path.basename(eval_path) if eval_path else None,
+        "evaluation": evaluation,
+        "signatures": list(SIGNATURES),
+    }
+    height, width, channels = card["image_shape"]
+    lines = [
+        f"# Model card: {model_type}",
+        "",
+        f"- Model type: `{model_type}` ({card['model_class']})",
+        f"- Dataset: `{card['dataset']}`",
+        f"- Architecture: `{card['architecture']}`; images {height}x{width}x{channels} in [0, 1]; "
+        f"latent dimension {card['latent_dim']}",
+        f"- `stddev` output: {card['stddev']}",
+        "",
+        "## Signatures",
+        "",
+        f"- `serving_default`: `images` float32 [None, {height}, {width}, {channels}] -> `embedding`, `stddev` "
+        f"float32 [None, {card['latent_dim']}]",
+        "- `encode_image`: `image_bytes` string [None] (JPEG/PNG) -> `embedding`, `stddev`",
+        f"- `reconstruct`: `images` -> `reconstruction` float32 [None, {height}, {width}, {channels}]",
+        f"- `decode`: `latents` float32 [None, {card['latent_dim']}] -> `images`",
+        "- TF Hub: `__call__(images, training=False)` -> embedding; `variables`, `trainable_variables`, "
+        "`regularization_losses`",
+        "",
+        "## Training flags",
+        "",
+    ]
+    if flags:
+        lines += ["| flag | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in sorted(flags.items())]
+    else:
+        lines.append("(no flags.json in the model directory)")
+    lines += ["", "## Robustness", ""]
+    if evaluation is not None:
+        lines += [f"From `{os.path.basename(eval_path)}`:", "", robustness_table(evaluation)]
+    else:
+        lines.append("(no evaluation JSON in the model directory at export time)")
+    return "\n".join(lines) + "\n", card
+
+
+# ----------------------------------------------------------------------------
+# TF Serving configuration files
+
+
+def write_models_config(export_base, model_name):
+    """Adds (or refreshes) `model_name` in `export_base/models.config` (absolute base paths)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = os.path.join(export_base, MODELS_CONFIG)
+    config = model_server_config_pb2.ModelServerConfig()
+    if os.path.exists(path):
+        with open(path) as f:
+            text_format.Parse(f.read(), config)
+    entries = config.model_config_list.config
+    base_path = os.path.abspath(os.path.join(export_base, model_name))
+    for entry in entries:
+        if entry.name == model_name:
+            entry.base_path = base_path
+            break
+    else:
+        entries.add(name=model_name, base_path=base_path, model_platform="tensorflow")
+    _atomic_write(path, text_format.MessageToString(config))
+    return path
+
+
+def write_batching_parameters(export_base):
+    path = os.path.join(export_base, BATCHING_PARAMETERS)
+    if not os.path.exists(path):  # keep a file the user tuned
+        _atomic_write(path, DEFAULT_BATCHING_PARAMETERS)
+    return path
+
+
+def _atomic_write(path, text):
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# export()
+
+
+def next_version(model_base):
+    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
+    return max(versions, default=0) + 1
+
+
+def export(model, export_base, model_name, version=None, model_dir=None):
+    """Writes `model` to `export_base/model_name/<version>/`; returns that path.
+
+    `version` defaults to one more than the largest existing version. The
+    SavedModel is written to a temporary directory in the same parent, then
+    renamed, so readers never see a partial version.
+    """
+    if not model_name or "/" in model_name or model_name.startswith("."):
+        raise ValueError(f"invalid model name {model_name!r}")
+    model_base = os.path.join(export_base, model_name)
+    os.makedirs(model_base, exist_ok=True)
+    version = next_version(model_base) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    final = os.path.join(model_base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; choose another --version or omit it for the next one")
+
+    work = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)
+    try:
+        card_dir = os.path.join(work, "card")
+        os.makedirs(card_dir)
+        markdown, card = model_card(model, model_dir or "")
+        card["version"] = version
+        card["model_name"] = model_name
+        with open(os.path.join(card_dir, MODEL_CARD), "w") as f:
+            f.write(markdown)
+        with open(os.path.join(card_dir, MODEL_CARD_JSON), "w") as f:
+            json.dump(card, f, indent=2, sort_keys=True, default=str)
+        module = EncoderExportModule(
+            model, [os.path.join(card_dir, MODEL_CARD), os.path.join(card_dir, MODEL_CARD_JSON)]
+        )
+        saved = os.path.join(work, "saved_model")
+        tf.saved_model.save(module, saved, signatures=module.signatures())
+        os.rename(saved, final)  # atomic: same directory, same filesystem
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_models_config(export_base, model_name)
+    write_batching_parameters(export_base)
+    return final
+
+
+def export_from_model_dir(model_dir, export_base, model_name, version=None):
+    """Loads `model_dir/model.keras` (a finished training run) and exports it."""
+    from zoo import training
+
+    model = training.load_model(model_dir)
+    return export(model, export_base, model_name, version=version, model_dir=model_dir)
+
+
+def main(argv):
+    import sys
+
+    from absl import flags
+
+    del argv
+    FLAGS = flags.FLAGS
+    try:
+        path = export_from_model_dir(FLAGS.model_dir, FLAGS.export_base, FLAGS.model_name, FLAGS.version)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    print(f"exported {FLAGS.model_name} version {os.path.basename(path)} to {path}")
+    print(f"TF Serving config: {os.path.join(FLAGS.export_base, MODELS_CONFIG)}; batching parameters: "
+          f"{os.path.join(FLAGS.export_base, BATCHING_PARAMETERS)}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras (and flags.json).")
+    flags.DEFINE_string("export_base", None, "Export base directory E; the model goes to E/<model_name>/<version>.")
+    flags.DEFINE_string("model_name", "encoder", "Model name (the TF Serving model name).")
+    flags.DEFINE_integer("version", None, "Version number; default: one more than the largest existing version.")
+    flags.mark_flags_as_required(["model_dir", "export_base"])
+    app.run(main)

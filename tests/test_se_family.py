@@ -1,0 +1,136 @@
+"""SE, SE-AVAE and AVAE-SS: selection, gradient routing, real ColorMNIST training, save/load, no-data post-training."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import zoo
+from zoo import data, se, training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(latent_dim=8, seed=1)
+
+
+def _model(name, arch="mlp", **kwargs):
+    return training.build_model(name, tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, **TINY, **kwargs)
+
+
+def _images(batch=8, seed=0):
+    return tf.constant(np.random.default_rng(seed).uniform(size=(batch, 28, 28, 3)).astype(np.float32))
+
+
+def test_selection_stays_in_the_ball_and_changes_the_representation_more_than_noise():
+    model = _model("se", se_epsilon=0.1, pgd_steps=5)
+    x = _images()
+    selected = se.select(model, x, model.rho)
+    assert float(tf.reduce_max(tf.abs(selected - x))) <= 0.1 + 1e-6
+    assert float(tf.reduce_min(selected)) >= 0.0 and float(tf.reduce_max(selected)) <= 1.0
+    noisy = tf.clip_by_value(x + tf.random.stateless_uniform(x.shape, (1, 2), -0.1, 0.1), 0.0, 1.0)
+    moved = lambda x_adv: tf.reduce_sum(tf.square(model(x_adv) - model(x)), axis=-1)  # noqa: E731
+    assert np.all(moved(selected).numpy() > moved(noisy).numpy())
+
+
+@pytest.mark.parametrize("name", ["se", "se_avae"])
+def test_regularizer_trains_the_encoder_not_the_decoder(name):
+    model = _model(name)
+    x = _images()
+    with tf.GradientTape(persistent=True) as tape:
+        posterior = model.posterior(x, training=True)
+        z = posterior.sample(seed=model.noise_seed(0))
+        penalty, terms = model.regularizer(x, posterior, z, model.decode(z, training=True), training=True)
+    assert all(g is None for g in tape.gradient(penalty, model.decoder.trainable_variables))
+    encoder_grads = tape.gradient(penalty, model.encoder.trainable_variables)
+    assert any(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in encoder_grads)
+    assert set(terms) == set(type(model).extra_terms)
+
+
+def test_invalid_hyperparameters_are_refused():
+    with pytest.raises(ValueError, match="se_epsilon must be non-negative"):
+        zoo.get_model_class("se")(se_epsilon=-0.1)
+    with pytest.raises(ValueError, match="pgd_steps must be at least 1"):
+        zoo.get_model_class("se_avae")(pgd_steps=0)
+    with pytest.raises(ValueError, match="rho_se must lie in"):
+        zoo.get_model_class("se_avae")(rho_se=1.0)
+    with pytest.raises(ValueError, match="rho must lie in"):
+        zoo.get_model_class("se")(rho=-1.0)
+
+
+@pytest.mark.parametrize("name", ["se", "se_avae"])
+def test_trains_on_color_mnist_and_round_trips_as_keras_file(name, tfds_dir, tmp_path):
+    model = _model(name, pgd_steps=2)
+    train = data.load("color_mnist", "train", 16, data_dir=tfds_dir, shuffle=True, repeat=True, take=64)
+    history = model.fit(train, steps_per_epoch=3, epochs=1, verbose=0)
+    assert all(np.isfinite(values).all() for values in history.history.values())
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored) is type(model) and restored.get_config() == model.get_config()
+    x = next(iter(train))[0]
+    np.testing.assert_allclose(restored(x), model(x), atol=1e-5)
+
+
+def test_avae_ss_keeps_the_decoder_frozen_with_its_batchnorm_statistics(tmp_path):
+    model = _model("avae_ss", arch="conv")
+    decoder = [w.numpy().copy() for w in model.decoder.weights]
+    encoder = [w.numpy().copy() for w in model.encoder.weights]
+    placeholder = tf.data.Dataset.from_tensors(tf.zeros([0])).repeat().batch(8)  # carries only the batch size
+    history = model.fit(placeholder, steps_per_epoch=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(np.array_equal(before, w.numpy()) for before, w in zip(decoder, model.decoder.weights))
+    assert not all(np.array_equal(before, w.numpy()) for before, w in zip(encoder, model.encoder.weights))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    assert not keras.saving.load_model(path).decoder.trainable
+
+
+# Runs `python -m train.avae_ss` with every way to data disabled: zoo.data and tensorflow-datasets raise.
+_NO_DATA = """
+import dataclasses, runpy, sys
+import tensorflow_datasets as tfds
+import zoo.data
+
+def no_data(*args, **kwargs):
+    raise AssertionError("the input pipeline was touched")
+
+zoo.data.load = zoo.data.get_spec = tfds.load = tfds.builder = no_data
+zoo.data.DATASETS.update({name: dataclasses.replace(spec, load=no_data) for name, spec in zoo.data.DATASETS.items()})
+runpy.run_module("train.avae_ss", run_name="__main__", alter_sys=True)
+"""
+
+
+def _run_avae_ss(*flags):
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-c", _NO_DATA, *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_avae_ss_post_trains_a_trained_vae_without_any_data(tfds_dir, tmp_path):
+    vae_dir, ss_dir = str(tmp_path / "vae"), str(tmp_path / "avae_ss")
+    vae = _model("vae")
+    training.train(
+        vae,
+        lambda step: data.load("color_mnist", "train", 16, data_dir=tfds_dir, repeat=True, take=64),
+        vae_dir,
+        train_steps=3,
+        verbose=0,
+    )
+    result = _run_avae_ss(f"--init_from={vae_dir}", f"--model_dir={ss_dir}", "--train_steps=4", "--batch_size=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    post_trained = training.load_model(ss_dir)
+    assert (post_trained.arch, post_trained.latent_dim, post_trained.image_shape) == ("mlp", 8, (28, 28, 3))
+    for before, after in zip(vae.decoder.weights, post_trained.decoder.weights):
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    assert not all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(vae.encoder.weights, post_trained.encoder.weights))
+
+
+def test_avae_ss_without_init_from_fails_in_one_line(tmp_path):
+    result = _run_avae_ss(f"--model_dir={tmp_path}", "--train_steps=1")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: avae_ss reads no data")
+    assert "Traceback" not in result.stderr
