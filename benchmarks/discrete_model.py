@@ -21,8 +21,9 @@ Conventions: a conditional table is indexed [conditioning value, value], so `dec
 kernels of Figure 3 are then matrix products: Q(X' | X) = encoder @ decoder ([x, x']) and
 Q(Z | Z') = decoder @ encoder ([z', z]).
 
-Everything here is TensorFlow (float64) so that the objectives can be differentiated; the brute-force
-checks in tests/test_discrete.py enumerate the joint distributions with numpy instead.
+The tables and objectives are TensorFlow (float64) so that they can be differentiated; the summary numbers
+(band_mass, asymmetry, ...) are numpy. tests/test_discrete.py checks the objectives against brute-force
+enumeration of the joint distributions.
 """
 
 import math
@@ -278,6 +279,9 @@ def summarise(model, pi, nu_rho):
         "z_diagonal_mass_data_codes": band_mass(data_z_joint, 0),
         "z_band1_mass_data_codes": band_mass(data_z_joint, 1),
         "z_diagonal_mass_exact_posterior": band_mass(exact_z_joint, 0),
+        # The most any encoder can put on the diagonal with this decoder: (1/N_z) sum_x max_z p(x|z), reached
+        # by the encoder that puts all of q(.|x) on argmax_z p(x|z).
+        "z_diagonal_mass_best_encoder": float(dec.max(axis=0).sum() / model.n_z),
         "z_band1_mass_exact_posterior": band_mass(exact_z_joint, 1),
         "data_codes_effective_number": float(np.exp(-np.sum(q_z[q_z > 0] * np.log(q_z[q_z > 0])))),
         "z_joint_asymmetry_tv": asymmetry(panels["z_joint"]),

@@ -128,7 +128,7 @@ def scaled_perturbation(w, direction, size):
 
 
 def make_loadings(obs_dim, latent_dim, rng):
-    """A random W with decreasing column scales (distinct principal variances 2, 1, 0.5, ...)."""
+    """A random W with decreasing column scales (squared column norms 2, 1, 0.5, ...)."""
     w = rng.standard_normal((obs_dim, latent_dim))
     w /= np.linalg.norm(w, axis=0, keepdims=True)
     return w * np.sqrt(2.0 * 0.5 ** np.arange(latent_dim))
@@ -294,7 +294,7 @@ def _markdown(result):
         result["command"],
         "```",
         "",
-        f"W: random {s['obs_dim']}x{s['latent_dim']} loadings (seed {s['seed']}, principal variances 2, 1, ...), "
+        f"W: random {s['obs_dim']}x{s['latent_dim']} loadings (seed {s['seed']}, squared column norms 2, 1, ...), "
         f"observation variance v = {s['obs_var']}. {s['wall_clock_seconds']:.0f} s on this machine. "
         "Plot: [ppca_chains.png](ppca_chains.png).",
         "",
@@ -306,7 +306,7 @@ def _markdown(result):
         "| kernel | paper formula vs generic formula | mean max abs error (in SE) | covariance max abs error (in SE) |",
         "|---|---|---|---|",
     ]
-    for name, label in [("x_kernel", "Q(X'|X) = N(P x, v(P + I))"), ("z_kernel", "Q(Z'|Z) = N(J z, S)")]:
+    for name, label in [("x_kernel", "Q(X'\\|X) = N(P x, v(P + I))"), ("z_kernel", "Q(Z'\\|Z) = N(J z, S)")]:
         r = k[name]
         lines.append(
             f"| {label} | {r['paper_vs_general_formula_max_abs_diff']:.1e} | {r['mean_max_abs_error']:.4f} "
@@ -357,15 +357,16 @@ NOTE = """\
 The closed forms of appendix B agree with the Monte Carlo estimates to within a few standard errors, the
 paper's expressions for P, v(P + I), J and S coincide with the generic linear-Gaussian formulas to rounding,
 and p(X), p(Z) are invariant under the exact kernels to rounding (Prop. 2.3 / 3.1). Started in p(X), the
-chain with the exact posterior stays in p(X) (W2 stays at zero in closed form and at the Monte Carlo floor in
-simulation), while the same chain with a perturbed encoder mean leaves it, by an amount that grows with the
-size of the perturbation and, when the spectral radius of W E exceeds 1, without bound.
+chain with the exact posterior stays in p(X) (W2 is zero in closed form at every step and of the size of
+the Monte Carlo floor in simulation), while the same chain with a perturbed encoder mean leaves it, by an
+amount that grows with the size of the perturbation and, once the spectral radius of W E exceeds 1,
+without bound.
 
-One precision on the paper's wording: the decoder mean is always W z, so after the first step the noise-free
-chain never leaves range(W) (column 'max distance from range(W)' is rounding), perturbed or not. What a
-perturbed encoder breaks is that the points of range(W) are fixed (P_W x = x): the chain drifts *within* the
-subspace, x_t = W (I + Delta W)^(t-1) z_1, at a rate set by the eigenvalues of I + Delta W (the non-zero
-spectrum of W Delta shifted by one), which is the "drift" of the encode-decode chains of Figure 1."""
+One precision on the paper's wording: the decoder mean is always W z, so after the first step the
+noise-free chain never leaves range(W) (column 'max distance from range(W)' is rounding), perturbed or not.
+What a perturbed encoder breaks is that the points of range(W) are fixed (P_W x = x): the chain drifts
+*within* the subspace, x_t = W (I + Delta W)^(t-1) z_1, at a rate set by the eigenvalues of I + Delta W
+(one plus the non-zero spectrum of W Delta), the linear analogue of the drifting chains of Figure 1."""
 
 
 def main(argv):

@@ -14,12 +14,12 @@ evaluations go to --work_dir.
 
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from benchmarks import runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
@@ -56,19 +56,6 @@ PAPER = {
 }
 
 
-def _run(args, log_path):
-    """Runs `python -m ...` from the repository root, logging to log_path; fails loudly."""
-    command = [sys.executable, "-m", *args]
-    print("$", " ".join(command), flush=True)
-    with open(log_path, "a") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO)
-    if completed.returncode:
-        sys.exit(f"error: {' '.join(args[:1])} failed (exit {completed.returncode}); see {log_path}")
-
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _budget():
     if FLAGS.full:  # the paper: whole dataset, PGD-40 with 10 restarts (appendix F)
         return dict(train_steps=100_000, num_examples=10_000, restarts=10, sweep_examples=10_000, probe=60_000)
@@ -81,42 +68,18 @@ def _budget():
     )
 
 
-def _train(label, name, model_flags, budget, init_from=None):
-    model_dir = os.path.join(FLAGS.work_dir, "models", label)
-    args = [f"train.{name}", "--dataset=color_mnist", "--arch=conv", "--latent_dim=64",
-            f"--batch_size={FLAGS.batch_size}", f"--train_steps={budget['train_steps']}",
-            f"--checkpoint_every={min(500, budget['train_steps'])}", "--eval_examples=0",
-            f"--seed={FLAGS.seed}", f"--model_dir={model_dir}"]  # fmt: skip
-    args += [f"--{key}={value}" for key, value in model_flags.items()]
-    if FLAGS.data_dir:
-        args.append(f"--data_dir={FLAGS.data_dir}")
-    if init_from:
-        args.append(f"--init_from={init_from}")
-    started = time.time()
-    _run(args, os.path.join(FLAGS.work_dir, "logs", f"train_{label}.log"))
-    print(f"  trained {label} in {time.time() - started:.0f} s", flush=True)
-    return model_dir
+def _common_flags(budget):
+    flags_ = ["--dataset=color_mnist", "--arch=conv", "--latent_dim=64", f"--batch_size={FLAGS.batch_size}",
+              f"--train_steps={budget['train_steps']}", f"--checkpoint_every={min(500, budget['train_steps'])}",
+              "--eval_examples=0", f"--seed={FLAGS.seed}"]  # fmt: skip
+    return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
-def _step_seconds(model_dir):
-    """Median wall-clock seconds of a training step, leaving out the first (tracing) steps."""
-    with open(os.path.join(model_dir, "timing.csv")) as f:
-        seconds = [float(line.split(",")[1]) for line in f.readlines()[1:]]
-    return statistics.median(seconds[5:] or seconds)
-
-
-def _evaluate(label, model_dir, num_examples, budget, stages):
-    output = os.path.join(FLAGS.work_dir, "eval", label)
-    args = ["evaluate.robustness", f"--model_dir={model_dir}", "--dataset=color_mnist",
-            f"--epsilons={','.join(map(str, EPSILONS))}", f"--pgd_steps={FLAGS.pgd_steps}",
-            f"--restarts={budget['restarts']}", f"--num_examples={num_examples}",
-            f"--probe_train_examples={budget['probe']}", f"--stages={stages}", f"--seed={FLAGS.seed}",
-            f"--output_dir={output}"]  # fmt: skip
-    if FLAGS.data_dir:
-        args.append(f"--data_dir={FLAGS.data_dir}")
-    _run(args, os.path.join(FLAGS.work_dir, "logs", f"eval_{label}.log"))
-    with open(os.path.join(output, "robustness.json")) as f:
-        return json.load(f), output
+def _eval_flags(num_examples, budget, stages):
+    flags_ = ["--dataset=color_mnist", f"--epsilons={','.join(map(str, EPSILONS))}", f"--pgd_steps={FLAGS.pgd_steps}",
+              f"--restarts={budget['restarts']}", f"--num_examples={num_examples}",
+              f"--probe_train_examples={budget['probe']}", f"--stages={stages}", f"--seed={FLAGS.seed}"]  # fmt: skip
+    return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
 def _accuracy_table(result):
@@ -153,7 +116,7 @@ def _markdown(report):
     settings = report["settings"]
     lines += [
         "",
-        f"FID features: {report['fid_features']}.",
+        f"FID features: {runs.describe_fid(report['fid_features'])}.",
         "",
         "## AVAE accuracy against the coupling rho (Figure 5, left)",
         "",
@@ -228,25 +191,25 @@ def _plot(report, chain_pngs):
 def main(argv):
     del argv
     budget = _budget()
-    os.makedirs(os.path.join(FLAGS.work_dir, "logs"), exist_ok=True)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     started = time.time()
     model_dirs, results, eval_dirs = {}, {}, {}
+    work = FLAGS.work_dir
     for label, name, model_flags in MODELS:
         init_from = model_dirs["VAE"] if name == "avae_ss" else None
-        model_dirs[label] = _train(label, name, model_flags, budget, init_from)
-        results[label], eval_dirs[label] = _evaluate(
-            label, model_dirs[label], budget["num_examples"], budget, "accuracy,decoder,chains"
+        model_dirs[label] = runs.train(work, label, name, _common_flags(budget), model_flags, init_from)
+        results[label], eval_dirs[label] = runs.evaluate(
+            work, label, model_dirs[label], _eval_flags(budget["num_examples"], budget, "accuracy,decoder,chains")
         )
-    vae_step = _step_seconds(model_dirs["VAE"])
+    vae_step = runs.step_seconds(model_dirs["VAE"])
     rho_sweep = {}
     for rho in FLAGS.rhos:
         label = f"AVAE_rho{rho}"
         if float(rho) == MODELS[3][2]["rho"]:
             model_dir = model_dirs["AVAE"]
         else:
-            model_dir = _train(label, "avae", {"rho": rho}, budget)
-        result, _ = _evaluate(label, model_dir, budget["sweep_examples"], budget, "accuracy")
+            model_dir = runs.train(work, label, "avae", _common_flags(budget), {"rho": rho})
+        result, _ = runs.evaluate(work, label, model_dir, _eval_flags(budget["sweep_examples"], budget, "accuracy"))
         rho_sweep[rho] = _accuracy_table(result)
 
     first = next(iter(results.values()))
@@ -254,10 +217,10 @@ def main(argv):
         "models": {
             label: {
                 "adversarial_accuracy": _accuracy_table(result),
-                "mse": result["mse"],
+                "mse": result["mse"]["per_pixel"],
                 "fid": result["fid"],
-                "time_ratio": _step_seconds(model_dirs[label]) / vae_step,
-                "step_seconds": _step_seconds(model_dirs[label]),
+                "time_ratio": runs.step_seconds(model_dirs[label]) / vae_step,
+                "step_seconds": runs.step_seconds(model_dirs[label]),
                 "model_flags": dict(MODELS[[m[0] for m in MODELS].index(label)][2]),
             }
             for label, result in results.items()
@@ -279,7 +242,7 @@ def main(argv):
             "wall_clock_seconds": round(time.time() - started),
             "evaluation_settings": first["settings"],
         },
-        "command": "python -m benchmarks.reproduce_colormnist " + " ".join(sys.argv[1:]),
+        "command": runs.command_line("benchmarks.reproduce_colormnist"),
     }
     with open(os.path.join(FLAGS.output_dir, "colormnist.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -4,19 +4,24 @@
 
 Exports an encoder (the trained model in `--model_dir`, or a freshly built
 AVAE of the default `color_mnist_embedded` shape: mlp, 28x28x3, latent 64),
-then, on the same pre-generated requests:
+then, on the same pre-generated images, in two input formats - float pixels
+as JSON numbers (`serving_default`) and PNG bytes as `{"b64": ...}`
+(`encode_image`):
 
-1. in process: the SavedModel's `serving_default` called directly, one call
-   per request, from 1, 8 and 32 threads;
+1. in process: the SavedModel signature called directly, one call per
+   request, from 1, 8 and 32 threads;
 2. over REST: `python -m serving.server` in a subprocess, without and with
-   `--enable_batching`, driven by 1, 8 and 32 concurrent keep-alive
-   connections (an asyncio client sending pre-encoded row-format bodies).
+   `--enable_batching`, and with batching on 2 REST worker processes
+   (`--rest_api_workers=2`), driven by 1, 8 and 32 concurrent keep-alive
+   connections (an asyncio client sending pre-encoded bodies).
 
-It reports embeddings/s and p50/p99 request latency per setting, checks every
-REST answer's status and a sample of embeddings against the in-process
-result, and writes results/serving.json and results/serving.md.
+It reports embeddings/s, p50/p99 request latency and embeddings per
+CPU-second (server and client processes together, vs the in-process
+caller: a figure that does not depend on what else the machine runs),
+checks every REST answer's status and a sample of embeddings against the
+in-process result, and writes results/serving.json and results/serving.md.
 Target: REST with batching at concurrency 32 reaches >= 70% of the best
-in-process throughput.
+in-process embeddings/s.
 """
 
 import asyncio
@@ -38,6 +43,11 @@ import orjson
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCURRENCY = (1, 8, 32)
+SERVER_SETTINGS = (  # (results key, batching, REST worker processes)
+    ("rest", False, 1),
+    ("rest_batching", True, 1),
+    ("rest_batching_2_workers", True, 2),
+)
 NAME = "encoder"
 BATCHING_PARAMETERS = """\
 max_batch_size { value: 64 }
@@ -74,13 +84,17 @@ def percentiles(latencies):
 # In process
 
 
-def bench_in_process(path, requests, concurrency, seconds):
+def bench_in_process(path, requests, concurrency, seconds, signature="serving_default", input_name="images"):
     import tensorflow as tf
 
-    function = tf.saved_model.load(path).signatures["serving_default"]
+    signature_function = tf.saved_model.load(path).signatures[signature]
+
+    def function(x):
+        return signature_function(**{input_name: x})
+
     tensors = [tf.constant(x) for x in requests]
     for x in tensors[:20]:
-        function(images=x)
+        function(x)
     latencies, count, stop = [], [0], threading.Event()
     lock = threading.Lock()
 
@@ -90,7 +104,7 @@ def bench_in_process(path, requests, concurrency, seconds):
         while not stop.is_set():
             x = tensors[i % len(tensors)]
             start = time.perf_counter()
-            function(images=x)["embedding"].numpy()
+            function(x)["embedding"].numpy()
             local.append(time.perf_counter() - start)
             images += int(x.shape[0])
             i += concurrency
@@ -99,22 +113,49 @@ def bench_in_process(path, requests, concurrency, seconds):
             count[0] += images
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in range(concurrency)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.start()
     time.sleep(seconds)
     stop.set()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - start
-    return count[0] / elapsed, *percentiles(latencies)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return count[0] / elapsed, *percentiles(latencies), count[0] / cpu
 
 
-def reference_embeddings(path, requests):
+def reference_embeddings(path, requests, signature="serving_default", input_name="images"):
     import tensorflow as tf
 
-    function = tf.saved_model.load(path).signatures["serving_default"]
-    return [function(images=tf.constant(x))["embedding"].numpy() for x in requests]
+    function = tf.saved_model.load(path).signatures[signature]
+    return [function(**{input_name: tf.constant(x)})["embedding"].numpy() for x in requests]
+
+
+INPUT_FORMATS = {
+    # name: (signature, input name, description)
+    "float_json": ("serving_default", "images", 'float32 pixels as JSON numbers: {"instances": [image]}'),
+    "png_b64": ("encode_image", "image_bytes", 'PNG bytes: {"signature_name": "encode_image", "instances": [{"b64": ...}]}'),
+}
+
+
+def make_requests(fmt, shape, images_per_request, num_requests):
+    """(in-process inputs, REST bodies) of the same images."""
+    import base64
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, size=(images_per_request, *shape), dtype=np.uint8) for _ in range(num_requests)]
+    if fmt == "float_json":
+        inputs = [(p / 255).astype(np.float32) for p in pixels]
+        bodies = [orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY) for x in inputs]
+        return inputs, bodies
+    inputs = [np.array([tf.io.encode_png(image).numpy() for image in p], dtype=object) for p in pixels]
+    bodies = [
+        orjson.dumps({"signature_name": "encode_image", "instances": [{"b64": base64.b64encode(b).decode()} for b in x]})
+        for x in inputs
+    ]
+    return inputs, bodies
 
 
 # ----------------------------------------------------------------------------
@@ -127,12 +168,14 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_server(model_base, batching_file, log_path):
+def start_server(model_base, batching_file, log_path, workers=1):
     port = free_port()
     cmd = [sys.executable, "-m", "serving.server", f"--model_name={NAME}", f"--model_base_path={model_base}",
            f"--rest_api_port={port}", "--port=0", "--file_system_poll_wait_seconds=0"]  # fmt: skip
     if batching_file:
         cmd += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
+    if workers > 1:
+        cmd.append(f"--rest_api_workers={workers}")
     log = open(log_path, "w")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -140,6 +183,10 @@ def start_server(model_base, batching_file, log_path):
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {open(log_path).read()[-3000:]}")
+        with open(log_path) as f:
+            if f.read().count("Exporting HTTP/REST API at:") < 2 * workers:  # each process logs and prints it
+                time.sleep(0.3)
+                continue
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(f"GET /v1/models/{NAME} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -200,10 +247,28 @@ async def _drive(port, bodies, sizes, concurrency, seconds, check):
     return images[0] / (time.perf_counter() - start), latencies, errors
 
 
-def bench_rest(port, bodies, sizes, concurrency, seconds, check):
+def _process_cpu_seconds(pid):
+    """CPU seconds of `pid` and its child processes (the REST workers)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children.update(int(child) for child in f.read().split())
+        except OSError:
+            pass
+    return seconds + sum(_process_cpu_seconds(child) for child in children)
+
+
+def bench_rest(port, bodies, sizes, concurrency, seconds, check, server_pid):
     asyncio.run(_drive(port, bodies, sizes, concurrency, min(1.0, seconds), check))  # warm-up
+    server_cpu, client_cpu, start = _process_cpu_seconds(server_pid), time.process_time(), time.perf_counter()
     rate, latencies, errors = asyncio.run(_drive(port, bodies, sizes, concurrency, seconds, check))
-    return rate, *percentiles(latencies), errors
+    elapsed = time.perf_counter() - start
+    cpu = _process_cpu_seconds(server_pid) - server_cpu + time.process_time() - client_cpu
+    return rate, *percentiles(latencies), errors, rate * elapsed / cpu
 
 
 # ----------------------------------------------------------------------------
@@ -216,41 +281,63 @@ def run(model_dir=None, seconds=5.0, images_per_request=1, num_requests=512, out
         import tensorflow as tf
 
         shape = tuple(tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["images"].shape[1:])
-        rng = np.random.default_rng(0)
-        requests = [rng.uniform(size=(images_per_request, *shape)).astype(np.float32) for _ in range(num_requests)]
-        bodies = [orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY) for x in requests]
-        sizes = [images_per_request] * num_requests
-        expected = reference_embeddings(path, requests)
-
-        def check(k, body, errors):
-            got = np.array([row["embedding"] for row in orjson.loads(body)["predictions"]], np.float32)
-            if not np.allclose(got, expected[k], rtol=1e-4, atol=1e-5):
-                errors.append(f"request {k}: embedding differs from the in-process result")
-
-        results = {"in_process": {}, "rest": {}, "rest_batching": {}}
-        for c in CONCURRENCY:
-            rate, p50, p99 = bench_in_process(path, requests, c, seconds)
-            results["in_process"][c] = {"embeddings_per_s": rate, "p50_ms": p50, "p99_ms": p99}
-            print(f"in-process      c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
         batching_file = os.path.join(work, "batching_parameters.txt")
         with open(batching_file, "w") as f:
             f.write(BATCHING_PARAMETERS)
+        data = {}
+        for fmt, (signature, input_name, _) in INPUT_FORMATS.items():
+            inputs, bodies = make_requests(fmt, shape, images_per_request, num_requests)
+            data[fmt] = (inputs, bodies, reference_embeddings(path, inputs, signature, input_name))
+        sizes = [images_per_request] * num_requests
+
+        def checker(expected):
+            def check(k, body, errors):
+                got = np.array([row["embedding"] for row in orjson.loads(body)["predictions"]], np.float32)
+                if not np.allclose(got, expected[k], rtol=1e-4, atol=1e-5):
+                    errors.append(f"request {k}: embedding differs from the in-process result")
+
+            return check
+
+        results = {fmt: {"in_process": {}, **{key: {} for key, _, _ in SERVER_SETTINGS}} for fmt in INPUT_FORMATS}
+        for fmt, (signature, input_name, _) in INPUT_FORMATS.items():
+            for c in CONCURRENCY:
+                rate, p50, p99, per_cpu = bench_in_process(path, data[fmt][0], c, seconds, signature, input_name)
+                results[fmt]["in_process"][c] = {"embeddings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+                                                 "embeddings_per_cpu_s": per_cpu}  # fmt: skip
+                print(f"{fmt:10s} in-process      c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                      f"{per_cpu:6.0f} emb/cpu-s", flush=True)  # fmt: skip
         commands = {}
-        for key, batching in (("rest", None), ("rest_batching", batching_file)):
-            proc, port, cmd = start_server(os.path.dirname(path), batching, os.path.join(work, f"{key}.log"))
+        for key, batching, workers in SERVER_SETTINGS:
+            batching = batching_file if batching else None
+            proc, port, cmd = start_server(os.path.dirname(path), batching, os.path.join(work, f"{key}.log"), workers)
             commands[key] = " ".join(cmd[1:]).replace(work, "<tmp>")
             try:
-                for c in CONCURRENCY:
-                    rate, p50, p99, errors = bench_rest(port, bodies, sizes, c, seconds, check)
-                    results[key][c] = {"embeddings_per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": len(errors)}
-                    print(f"{key:15s} c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-                          f"errors {len(errors)}", flush=True)  # fmt: skip
-                    if errors:
-                        print("  e.g.", errors[0], flush=True)
+                for fmt in INPUT_FORMATS:
+                    _, bodies, expected = data[fmt]
+                    for c in CONCURRENCY:
+                        rate, p50, p99, errors, per_cpu = bench_rest(
+                            port, bodies, sizes, c, seconds, checker(expected), proc.pid
+                        )
+                        results[fmt][key][c] = {"embeddings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+                                                "errors": len(errors), "embeddings_per_cpu_s": per_cpu}  # fmt: skip
+                        print(f"{fmt:10s} {key:15s} c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                              f"{per_cpu:6.0f} emb/cpu-s  errors {len(errors)}", flush=True)  # fmt: skip
+                        if errors:
+                            print("  e.g.", errors[0], flush=True)
             finally:
                 stop_server(proc)
-        best_in_process = max(v["embeddings_per_s"] for v in results["in_process"].values())
-        ratio = results["rest_batching"][32]["embeddings_per_s"] / best_in_process
+        ratios = {}
+        for fmt in INPUT_FORMATS:
+            r = results[fmt]
+            best = max(v["embeddings_per_s"] for v in r["in_process"].values())
+            best_per_cpu = max(v["embeddings_per_cpu_s"] for v in r["in_process"].values())
+            ratios[fmt] = {
+                key: {
+                    "vs_best_in_process": r[key][32]["embeddings_per_s"] / best,
+                    "vs_best_in_process_per_cpu_second": r[key][32]["embeddings_per_cpu_s"] / best_per_cpu,
+                }
+                for key in ("rest_batching", "rest_batching_2_workers")
+            }
         report = {
             "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]),
             "server_commands": commands,
@@ -260,10 +347,13 @@ def run(model_dir=None, seconds=5.0, images_per_request=1, num_requests=512, out
             "seconds_per_setting": seconds,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "tensorflow": tf.__version__, "load_average_at_end": os.getloadavg()},  # fmt: skip
+            "input_formats": {fmt: desc for fmt, (_, _, desc) in INPUT_FORMATS.items()},
             "results": results,
-            "rest_batching_c32_vs_best_in_process": ratio,
-            "target": ">= 0.70",
-            "target_met": ratio >= 0.70,
+            "ratios": ratios,
+            "target": "REST with batching at concurrency 32 >= 0.70 x best in-process embeddings/s",
+            "target_met": {
+                fmt: {key: value["vs_best_in_process"] >= 0.70 for key, value in r.items()} for fmt, r in ratios.items()
+            },
         }
         write_reports(report, out_dir or os.path.join(REPO, "results"))
         return report
@@ -285,22 +375,38 @@ def write_reports(report, out_dir):
         f"TensorFlow {report['machine']['tensorflow']}, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}.",
         "",
-        "| setting | concurrency | embeddings/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
     ]
-    labels = {"in_process": "in-process SavedModel", "rest": "REST, no batching", "rest_batching": "REST, batching"}
-    for key, label in labels.items():
-        for c, row in report["results"][key].items():
+    labels = {
+        "in_process": "in-process SavedModel",
+        "rest": "REST, no batching",
+        "rest_batching": "REST, batching",
+        "rest_batching_2_workers": "REST, batching, 2 workers",
+    }
+    for fmt, description in report["input_formats"].items():
+        ratios = report["ratios"][fmt]
+        lines += [
+            f"## Inputs: {fmt} ({description})",
+            "",
+            "| setting | concurrency | embeddings/s | p50 ms | p99 ms | embeddings per CPU-second | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for key, label in labels.items():
+            for c, row in report["results"][fmt][key].items():
+                lines.append(
+                    f"| {label} | {c} | {row['embeddings_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                    f"{row['embeddings_per_cpu_s']:.0f} | {row.get('errors', '-')} |"
+                )
+        lines.append("")
+        for key in ("rest_batching", "rest_batching_2_workers"):
             lines.append(
-                f"| {label} | {c} | {row['embeddings_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                f"{row.get('errors', '-')} |"
+                f"- {labels[key]}, concurrency 32 / best in-process embeddings/s: "
+                f"**{ratios[key]['vs_best_in_process']:.0%}** (target >= 70%: "
+                f"{'met' if report['target_met'][fmt][key] else 'NOT met'}); per CPU-second (server and client "
+                f"processes together vs the in-process caller, independent of what else the machine runs): "
+                f"**{ratios[key]['vs_best_in_process_per_cpu_second']:.0%}**."
             )
+        lines.append("")
     lines += [
-        "",
-        f"REST with batching at concurrency 32 / best in-process throughput: "
-        f"**{report['rest_batching_c32_vs_best_in_process']:.0%}** (target {report['target']}: "
-        f"{'met' if report['target_met'] else 'NOT met'}).",
-        "",
         "Server commands:",
         "",
     ]
@@ -316,8 +422,10 @@ def main(argv):
     del argv
     FLAGS = flags.FLAGS
     report = run(FLAGS.model_dir, FLAGS.seconds, FLAGS.images_per_request, out_dir=FLAGS.out_dir)
-    print(f"REST batching c=32 / best in-process: {report['rest_batching_c32_vs_best_in_process']:.0%} "
-          f"(target met: {report['target_met']})")  # fmt: skip
+    for fmt, ratios in report["ratios"].items():
+        for key, value in ratios.items():
+            print(f"{fmt} {key}: c=32 / best in-process: {value['vs_best_in_process']:.0%} "
+                  f"(per CPU-second: {value['vs_best_in_process_per_cpu_second']:.0%})")  # fmt: skip
 
 
 if __name__ == "__main__":

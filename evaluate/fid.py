@@ -109,8 +109,8 @@ def _train_classifier(classifier, train, test, epochs, log, learning_rate=1e-3):
     @tf.function(reduce_retracing=True)
     def correct(images, labels):
         logits = classifier(images, training=False)
-        return {t: tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits[t], -1, output_type=tf.int32), labels[t]), tf.float32))
-                for t in logits}  # fmt: skip
+        hits = {t: tf.equal(tf.argmax(logits[t], -1, output_type=tf.int32), labels[t]) for t in logits}
+        return {t: tf.reduce_sum(tf.cast(hit, tf.float32)) for t, hit in hits.items()}
 
     for epoch in range(epochs):
         losses = [float(step(images, labels)) for images, labels in train]
@@ -189,7 +189,9 @@ def make_extractor(kind, dataset, data_dir, cache_dir, train_examples, epochs, s
         try:
             return inception_extractor()
         except Exception as error:  # no weights and no network: say so in one line
-            raise ValueError(f"InceptionV3 ImageNet weights are not available ({error}); use --fid_features=classifier") from None
+            raise ValueError(
+                f"InceptionV3 ImageNet weights are not available ({error}); use --fid_features=classifier"
+            ) from None
     return classifier_extractor(dataset, data_dir, cache_dir, train_examples, epochs, seed, download, log=log)
 
 

@@ -130,39 +130,44 @@ def l2_distance(a, b):
 
 
 def make_robust_at(encode_mean, decode, stddev, r, num_samples, steps, restarts):
-    """A function (x, radii, seed) -> ([batch] bool: still r-robust after the attack, x_adv).
+    """A function (x, radii, seed, sample_seed) -> ([batch] bool: still r-robust after the attack, x_adv).
 
-    Wrap the result in `tf.function` to run it as one graph per batch shape.
+    `seed` drives the attack's random starts, `sample_seed` the posterior noise eta. Passing the
+    sample_seed that estimated p at x itself gives common random numbers: at a tiny radius p(x_adv)
+    then equals p(x) rather than differing by Monte Carlo noise. Wrap the result in `tf.function`
+    to run it as one graph per batch shape.
     """
 
-    def robust_at(x, radii, seed):
+    def robust_at(x, radii, seed, sample_seed):
         x_adv = attack_with_radii(max_damage_objective(encode_mean, decode, x), x, radii, steps, restarts, seed)
         reference = decode(encode_mean(x))
         sd = None if stddev is None else stddev(x_adv)
-        p = robust_probability(
-            decode, encode_mean(x_adv), sd, reference, r, num_samples, tf.random.experimental.stateless_fold_in(seed, 7)
-        )
+        p = robust_probability(decode, encode_mean(x_adv), sd, reference, r, num_samples, sample_seed)
         return p > 0.5, x_adv
 
     return robust_at
 
 
-def empirical_margin(robust_at, x, clean_robust, min_radius, max_radius, search_steps, seed):
-    """Bisection on log(radius) per example; returns numpy (lo, hi) with lo <= true-margin-estimate < hi.
+def empirical_margin(robust_at, x, clean_robust, min_radius, max_radius, search_steps, seed, sample_seed=None):
+    """Bisection on log(radius) per example; returns numpy (lo, hi): r-robust against the attack at lo, not at hi.
 
-    `robust_at(x, radii, seed)` is from `make_robust_at`; `clean_robust` [batch] says whether the model is
-    r-robust at delta = 0. Examples not r-robust unperturbed get [0, 0]; those the attack cannot break at
-    `max_radius` get [max_radius, inf]; those broken at `min_radius` get [0, min_radius].
+    `robust_at(x, radii, seed, sample_seed)` is from `make_robust_at`; `clean_robust` [batch] says whether
+    the model is r-robust at delta = 0 (estimated with `sample_seed`, which every probe reuses). Examples
+    not r-robust unperturbed get [0, 0]; those the attack cannot break at `max_radius` get
+    [max_radius, inf]; those broken at `min_radius` get [0, min_radius].
     """
     batch = int(x.shape[0])
     seed = tf.convert_to_tensor(seed)
+    sample_seed = tf.random.experimental.stateless_fold_in(seed, 7) if sample_seed is None else sample_seed
     clean_robust = np.asarray(clean_robust, bool)
     lo = np.zeros(batch)
     hi = np.zeros(batch)
     active = clean_robust.copy()
 
     def probe(radii, salt):
-        robust, _ = robust_at(x, tf.constant(radii, x.dtype), tf.random.experimental.stateless_fold_in(seed, salt))
+        robust, _ = robust_at(
+            x, tf.constant(radii, x.dtype), tf.random.experimental.stateless_fold_in(seed, salt), sample_seed
+        )
         return robust.numpy()
 
     at_min = probe(np.full(batch, min_radius), 0)

@@ -65,8 +65,9 @@ class Settings:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise EvaluationError(f"unknown stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
-        for name in ("pgd_steps", "restarts", "num_examples", "batch_size", "ae_attack_examples", "ae_attack_trials",
-                     "margin_examples", "margin_samples", "chain_examples", "probe_train_examples", "probe_epochs"):  # fmt: skip
+        positive = ("pgd_steps", "restarts", "num_examples", "batch_size", "ae_attack_examples", "ae_attack_trials",
+                    "margin_examples", "margin_samples", "chain_examples", "probe_train_examples", "probe_epochs")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise EvaluationError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.margin_min_radius < self.margin_max_radius:
@@ -182,7 +183,8 @@ def adversarial_accuracy(model, images, labels, train_images, train_labels, task
                 if epsilon == 0:
                     ok = clean_correct(x, y, w, b)
                 else:
-                    ok = adversarial_correct(x, y, w, b, tf.constant(epsilon, tf.float32), _seed(settings.seed, t, e, i))
+                    seed = _seed(settings.seed, t, e, i)
+                    ok = adversarial_correct(x, y, w, b, tf.constant(epsilon, tf.float32), seed)
                 correct.append(ok.numpy())
                 progress.update(hi - lo, f", accuracy so far {np.mean(np.concatenate(correct)):.3f}")
             if epsilon > 0:
@@ -221,7 +223,8 @@ def decoder_quality(model, images, extractor, settings, log):
             ]
         )
         fid_samples = fid.fid(extractor, images, samples)
-        log(f"[decoder] FID samples {fid_samples:.3f}, reconstructions {fid_reconstructions:.3f} ({len(images)} images)")
+        log(f"[decoder] FID samples {fid_samples:.3f}, reconstructions {fid_reconstructions:.3f} "
+            f"({len(images)} images)")  # fmt: skip
     else:
         note = "the model has no prior to sample from: 'fid' is not computed, see 'fid_reconstructions'"
         log(f"[decoder] FID reconstructions {fid_reconstructions:.3f}; {note}")
@@ -314,7 +317,7 @@ def robustness_margin(model, images, settings, log, timing, output_dir):
         reduce_retracing=True,
     )
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)  # plain Python control flow only
     def clean_statistics(x, seed):
         z = model.encode_mean(x)
         sd = model.stddev(x) if stochastic else None
@@ -326,10 +329,11 @@ def robustness_margin(model, images, settings, log, timing, output_dir):
     progress = _Progress("[margin] bisection", len(x_all), log)
     for i, (lo, hi) in enumerate(_batches(len(x_all), settings.batch_size)):
         x = tf.constant(x_all[lo:hi])
-        p, min_sd, jac = (v.numpy() for v in clean_statistics(x, _seed(settings.seed, 200, i)))
+        sample_seed = _seed(settings.seed, 200, i)  # the same posterior noise at x and at every x + d
+        p, min_sd, jac = (v.numpy() for v in clean_statistics(x, sample_seed))
         bracket = margin.empirical_margin(
             robust_at, x, p > 0.5, settings.margin_min_radius, settings.margin_max_radius,
-            settings.margin_search_steps, _seed(settings.seed, 300, i),
+            settings.margin_search_steps, _seed(settings.seed, 300, i), sample_seed,
         )  # fmt: skip
         p_all.append(p)
         min_sd_all.append(min_sd)
@@ -343,8 +347,13 @@ def robustness_margin(model, images, settings, log, timing, output_dir):
     if reason is None and not np.any(min_sd > 0):
         reason = "the posterior standard deviation is zero for every example"
     bound_info = {"applicable": reason is None, "reason": reason}
-    per_example = {"p_clean": p.tolist(), "min_stddev": min_sd.tolist(), "jacobian_frobenius": jac.tolist(),
-                   "empirical_lo": lo.tolist(), "empirical_hi": [None if np.isinf(h) else float(h) for h in hi]}  # fmt: skip
+    per_example = {
+        "p_clean": p.tolist(),
+        "min_stddev": min_sd.tolist(),
+        "jacobian_frobenius": jac.tolist(),
+        "empirical_lo": lo.tolist(),
+        "empirical_hi": [None if np.isinf(h) else float(h) for h in hi],
+    }
     result = {
         "r": r,
         "r_rule": "given" if settings.margin_r is not None else "0.1 * sqrt(number of pixel values) (RMS change 0.1)",
@@ -365,19 +374,25 @@ def robustness_margin(model, images, settings, log, timing, output_dir):
             "attack": "L2 PGD maximising ||g(mu(x + d)) - g(mu(x))||_2; r-robust if p > 1/2 at x + d",
         },
         "bound": bound_info,
+        "bound_holds": "bound <= the smallest radius at which the attack broke r-robustness (hi)",
     }
     if reason is None:
         bound = np.maximum(margin.margin_bound(min_sd, margin.clip_probability(p, samples), jac).numpy(), 0.0)
         holds = bound <= hi
         bound_info.update({"median": float(np.median(bound)), "mean": float(np.mean(bound))})
         result["bound_holds_fraction"] = float(np.mean(holds))
+        positive = bound > 0  # examples r-robust unperturbed, where the bound says something
+        bound_info["positive_fraction"] = float(np.mean(positive))
+        result["bound_holds_fraction_where_positive"] = float(np.mean(holds[positive])) if positive.any() else None
         per_example["bound"] = bound.tolist()
         report.plot_margin(bound, lo, hi, os.path.join(output_dir, "margin.png"))
         log(f"[margin] r={r:.3f}: bound median {bound_info['median']:.4g}, empirical margin median "
-            f"{result['empirical']['median_lo']:.4g}, bound holds for {100 * result['bound_holds_fraction']:.0f}%")  # fmt: skip
+            f"{result['empirical']['median_lo']:.4g}, bound holds for "
+            f"{100 * result['bound_holds_fraction']:.0f}%")  # fmt: skip
     else:
         result["bound_holds_fraction"] = None
-        log(f"[margin] r={r:.3f}: bound skipped ({reason}); empirical margin median {result['empirical']['median_lo']:.4g}")
+        log(f"[margin] r={r:.3f}: bound skipped ({reason}); empirical margin median "
+            f"{result['empirical']['median_lo']:.4g}")  # fmt: skip
     result["per_example"] = per_example
     return result
 
@@ -418,7 +433,8 @@ def evaluate_model(model_dir, output_dir, settings, dataset=None, data_dir=None,
     keras.utils.set_random_seed(settings.seed)
 
     images, labels = load_arrays(dataset, "test", settings.num_examples, data_dir, settings.download)
-    log(f"evaluating {model.name} from {model_dir} on {len(images)} {dataset} test examples; stages: {', '.join(settings.stages)}")
+    log(f"evaluating {model.name} from {model_dir} on {len(images)} {dataset} test examples; "
+        f"stages: {', '.join(settings.stages)}")  # fmt: skip
     timing = {}
     result = {
         "model": model.name,

@@ -116,7 +116,8 @@ def markdown(result):
     out.append(accuracy_table(result))
     mse = result.get("mse") or {}
     features = result.get("fid_features") or {}
-    out.append("\n## Decoder quality\n\n| MSE per pixel | MSE per image (sum) | FID samples | FID reconstructions | FID features |\n")
+    out.append("\n## Decoder quality\n\n")
+    out.append("| MSE per pixel | MSE per image (sum) | FID samples | FID reconstructions | FID features |\n")
     out.append("|---|---|---|---|---|\n")
     out.append(
         f"| {_number(mse.get('per_pixel'), 5)} | {_number(mse.get('per_image_sum'))} | {_number(result.get('fid'))} | "
@@ -138,7 +139,8 @@ def markdown(result):
     if margin:
         bound = margin.get("bound") or {}
         empirical = margin.get("empirical") or {}
-        out.append("| r | p(r-robust, clean) | bound median | empirical margin median | bound holds |\n|---|---|---|---|---|\n")
+        out.append("| r | p(r-robust, clean) | bound median | empirical margin median | bound holds |\n")
+        out.append("|---|---|---|---|---|\n")
         out.append(
             f"| {_number(margin.get('r'))} | {_number(margin.get('clean_robust_fraction'))} | "
             f"{_number(bound.get('median'), 4) if bound.get('applicable') else 'n/a'} | "
@@ -279,6 +281,12 @@ def plot_margin(bound, empirical_lo, empirical_hi, path):
     return path
 
 
+_HEADLINE_AE_METRICS = (
+    ("latent_attack", "ms_ssim_ref_vs_adv_recon"),
+    ("max_damage_attack", "ms_ssim_ref_recon_vs_adv_recon"),
+)
+
+
 def comparison_markdown(results, labels):
     """One row per model: accuracy per task and epsilon, MSE, FID, attacks at the largest lambda, margin, drift."""
     epsilons = _epsilons(results[0])
@@ -293,7 +301,7 @@ def comparison_markdown(results, labels):
         row += [_percent((accuracy.get(task) or {}).get(e)) for task in tasks for e in epsilons]
         row.append(_number((result.get("mse") or {}).get("per_pixel"), 5))
         row.append(_number(result.get("fid")))
-        for key, metric in (("latent_attack", "ms_ssim_ref_vs_adv_recon"), ("max_damage_attack", "ms_ssim_ref_recon_vs_adv_recon")):
+        for key, metric in _HEADLINE_AE_METRICS:
             attack = result.get(key)
             if attack:
                 lam = list(attack["by_lambda"])[-1]

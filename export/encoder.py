@@ -242,7 +242,11 @@ def model_card(model, model_dir):
         "image_shape": [int(d) for d in model.image_shape],
         "latent_dim": int(model.latent_dim),
         "architecture": getattr(model, "arch", None),
-        "stddev": "posterior standard deviation" if hasattr(model, "posterior") else "zeros (deterministic encoder)",
+        "stddev": (
+            "posterior standard deviation (zeros for a deterministic model's point-mass posterior)"
+            if hasattr(model, "posterior")
+            else "zeros (deterministic encoder)"
+        ),
         "training_flags": flags,
         "model_config": config,
         "evaluation_file": os.path.basename(eval_path) if eval_path else None,

@@ -6,8 +6,11 @@
 Flags carry `tensorflow_model_server`'s names and meanings (`--port=0`
 disables gRPC, `--rest_api_port=0` disables REST, `--file_system_poll_wait_seconds=0`
 polls once). Differences: both APIs bind `--host` (127.0.0.1 unless told
-otherwise; TF Serving binds every interface), and REST request bodies are
-limited to `--rest_api_max_request_bytes` (413 beyond).
+otherwise; TF Serving binds every interface), REST request bodies are
+limited to `--rest_api_max_request_bytes` (413 beyond), and
+`--rest_api_workers=N` runs N processes on the REST port (Python decodes
+JSON on one core per process; each worker loads and polls the models itself,
+so during a hot swap workers may switch a moment apart).
 
 SIGTERM or SIGINT shuts down gracefully: no new connections, in-flight
 requests finish (up to `--shutdown_grace_seconds`), queued batches run, then
@@ -22,8 +25,10 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 
 log = logging.getLogger("serving")
 
@@ -48,6 +53,8 @@ class ModelServer:
         shutdown_grace_seconds=30.0,
         model_config_file=None,
         model_config_file_poll_wait_seconds=0,
+        reuse_port=False,
+        on_signal=None,
     ):
         from serving.manager import ModelManager
 
@@ -61,6 +68,8 @@ class ModelServer:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.model_config_file = model_config_file
         self.model_config_file_poll_wait_seconds = model_config_file_poll_wait_seconds
+        self.reuse_port = reuse_port
+        self.on_signal = on_signal  # called with the signal number on SIGTERM/SIGINT
         self.manager = ModelManager(
             model_config,
             batching_options=batching_options,
@@ -116,6 +125,8 @@ class ModelServer:
         self._stopping.set()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        if self.on_signal is not None:
+            self.on_signal(signum)
 
     def _serve_rest(self):
         import uvicorn
@@ -127,6 +138,8 @@ class ModelServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:  # several worker processes share the port; the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((self.host, self.rest_api_port))
         sock.listen(2048)
         api = RestApi(self.manager, max_request_bytes=self.max_request_bytes, timeout_seconds=self.timeout_seconds)
@@ -215,6 +228,13 @@ def _define_flags():
     flags.DEFINE_integer("tensorflow_intra_op_parallelism", 0, "TensorFlow intra-op threads; 0: TensorFlow's choice.")
     flags.DEFINE_integer("tensorflow_inter_op_parallelism", 0, "TensorFlow inter-op threads; 0: TensorFlow's choice.")
     flags.DEFINE_float("shutdown_grace_seconds", 30, "How long in-flight requests may run after SIGTERM.")
+    flags.DEFINE_integer(
+        "rest_api_workers", 1,
+        "Processes serving REST on the same port (SO_REUSEPORT), each with its own copy of the models: JSON "
+        "decoding is bound to one core per process. gRPC is served by the first process only.",
+        lower_bound=1,
+    )  # fmt: skip
+    flags.DEFINE_integer("rest_api_parent_pid", 0, "Internal: set in REST worker processes started by --rest_api_workers.")
 
 
 def main(argv):
@@ -255,6 +275,20 @@ def main(argv):
         sys.exit(f"error: {type(error).__name__}: {error}")
     if FLAGS.port and FLAGS.port == FLAGS.rest_api_port:
         sys.exit("error: --port and --rest_api_port must differ")
+    workers = []
+    if FLAGS.rest_api_workers > 1:
+        if not FLAGS.rest_api_port:
+            sys.exit("error: --rest_api_workers needs a fixed --rest_api_port")
+        worker_cmd = [sys.executable, "-m", "serving.server", *sys.argv[1:], "--rest_api_workers=1", "--port=0",
+                      f"--rest_api_parent_pid={os.getpid()}"]  # fmt: skip
+        workers = [subprocess.Popen(worker_cmd) for _ in range(FLAGS.rest_api_workers - 1)]
+    if FLAGS.rest_api_parent_pid:
+        _exit_with_parent(FLAGS.rest_api_parent_pid)
+
+    def forward(signum):
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
 
     server = ModelServer(
         config,
@@ -272,11 +306,31 @@ def main(argv):
         shutdown_grace_seconds=FLAGS.shutdown_grace_seconds,
         model_config_file=FLAGS.model_config_file or None,
         model_config_file_poll_wait_seconds=FLAGS.model_config_file_poll_wait_seconds,
+        reuse_port=FLAGS.rest_api_workers > 1 or bool(FLAGS.rest_api_parent_pid),
+        on_signal=forward,
     )
     try:
         server.run()
     except OSError as error:  # e.g. a port in use
+        forward(signal.SIGTERM)
         sys.exit(f"error: {error}")
+    finally:
+        for worker in workers:
+            try:
+                worker.wait(FLAGS.shutdown_grace_seconds + 30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def _exit_with_parent(parent_pid):
+    """A REST worker shuts down gracefully when the process that started it is gone."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -175,3 +175,28 @@ def test_avae_encodes_its_delusions_back_better_than_vae():
     assert avae["z_diagonal_mass_data_codes"] > vae["z_diagonal_mass_data_codes"] + 0.3
     assert avae["z_band1_mass_data_codes"] > vae["z_band1_mass_data_codes"]
     assert avae["avae_bound"] > vae["avae_bound"] and vae["elbo"] > avae["elbo"]  # each wins its own objective
+
+
+def test_best_encoder_bound_on_diagonal_mass():
+    model = dm.DiscreteVAE(9, 5, 0.3, seed=4)
+    decoder, encoder = model.tables()
+    pi = np.full(9, 1.0 / 9)
+    summary = dm.summarise(model, pi, 0.1)
+    assert summary["z_diagonal_mass"] <= summary["z_diagonal_mass_best_encoder"] + 1e-12
+    p = decoder.numpy()
+    map_encoder = np.eye(5)[np.argmax(p, axis=0)]  # q(z|x) = 1 at argmax_z p(x|z)
+    diag = dm.band_mass(dm.figure3_panels(p, map_encoder)["z_joint"], 0)
+    assert diag == pytest.approx(summary["z_diagonal_mass_best_encoder"], rel=1e-12)
+
+
+def test_vae_never_updates_the_encoder_off_the_data_support():
+    """The ELBO weights encoder rows by pi(x): rows with pi(x) = 0 keep their initial values (Figure 8)."""
+    pi = dm.empirical_distribution(16, 5, seed=1)
+    model = dm.DiscreteVAE(16, 8, 0.1, seed=0)
+    mu0, sigma0 = model.mu.numpy().copy(), model.log_sigma.numpy().copy()
+    dm.fit(model, pi, "vae", steps=30)
+    off = pi == 0
+    assert off.any() and (~off).any()
+    np.testing.assert_array_equal(model.mu.numpy()[off], mu0[off])
+    np.testing.assert_array_equal(model.log_sigma.numpy()[off], sigma0[off])
+    assert np.abs(model.mu.numpy()[~off] - mu0[~off]).max() > 1e-3

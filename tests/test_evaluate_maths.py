@@ -113,7 +113,7 @@ def test_margin_bound_holds_against_the_attack_for_an_isotropic_gaussian_encoder
     bound = margin.margin_bound(np.full(4, sigma), margin.clip_probability(p, samples),
                                 margin.jacobian_frobenius(encode, x)).numpy()  # fmt: skip
     robust_at = margin.make_robust_at(encode, decode, stddev, r, samples, steps=10, restarts=1)
-    lo, hi = margin.empirical_margin(robust_at, x, p > 0.5, 1e-3, 10.0, 10, tf.constant([0, 0]))
+    lo, hi = margin.empirical_margin(robust_at, x, p > 0.5, 1e-3, 10.0, 10, tf.constant([0, 0]), tf.constant([3, 3]))
     assert np.all(bound > 0) and np.all(bound <= hi)
     assert np.all(hi < r)  # encoder noise uses part of the budget r
 

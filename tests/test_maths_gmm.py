@@ -135,12 +135,12 @@ def _analytic_tc(cov):
 @pytest.mark.parametrize("dataset_size", [0, 10**9])
 def test_total_correlation_matches_a_correlated_gaussian(dataset_size):
     cov = np.array([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 1.0]])
-    posterior_std = 0.3
-    z, mean, var = _correlated_posteriors(cov, posterior_std, batch=4000, seed=0)
-    expected = _analytic_tc(cov + posterior_std**2 * np.eye(3))
+    posterior_std = 0.5
+    z, mean, var = _correlated_posteriors(cov, posterior_std, batch=2000, seed=0)
+    expected = _analytic_tc(cov + posterior_std**2 * np.eye(3))  # 0.35 nats
     estimate = float(maths.total_correlation(z, mean, var, dataset_size))
-    assert abs(estimate - expected) < 0.05, (estimate, expected)
-    independent = _correlated_posteriors(np.eye(3), posterior_std, batch=4000, seed=1)
+    assert abs(estimate - expected) < 0.04, (estimate, expected)
+    independent = _correlated_posteriors(np.eye(3), posterior_std, batch=2000, seed=1)
     assert abs(float(maths.total_correlation(*independent, dataset_size))) < 0.03
 
 

@@ -59,29 +59,31 @@ class Server:
         self.log = open(os.path.join(os.path.dirname(base_path), f"server-{self.rest_port}.log"), "w+")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout=180):
+    def wait_ready(self, timeout=180, processes=1):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/v1/models/{NAME}", timeout=2).status_code == 200:
+                ready = self.output(tail=None).count("Exporting HTTP/REST API at:") >= 2 * processes  # logged and printed
+                if ready and httpx.get(f"{self.url}/v1/models/{NAME}", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.output()}")
 
-    def output(self):
+    def output(self, tail=5000):
         self.log.flush()
         self.log.seek(0)
-        return self.log.read()[-5000:]
+        text = self.log.read()
+        return text[-tail:] if tail else text
 
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -107,14 +109,16 @@ def setup(tmp_path_factory):
     path = encoder.export(tiny_model(seed=1), str(root / "batched"), NAME)
     shutil.copytree(path, swap_base / "1")
     (root / "batching.txt").write_text(BATCHING)
+    # Two REST worker processes share the port: every REST test runs against both.
     batched = Server(
         str(batched_base), "--enable_batching", f"--batching_parameters_file={root / 'batching.txt'}",
-        f"--rest_api_max_request_bytes={MAX_BYTES}",
+        f"--rest_api_max_request_bytes={MAX_BYTES}", "--rest_api_workers=2",
     )  # fmt: skip
     plain = Server(str(swap_base), "--file_system_poll_wait_seconds=0.2")
     try:
         ref = reference(path)
-        yield {"server": batched.wait_ready(), "swap_server": plain.wait_ready(), "ref": ref, "swap_base": swap_base}
+        yield {"server": batched.wait_ready(processes=2), "swap_server": plain.wait_ready(), "ref": ref,
+               "swap_base": swap_base}  # fmt: skip
     finally:
         batched.stop()
         plain.stop()

@@ -119,22 +119,26 @@ def test_lipschitz_vae_maps_never_exceed_the_bound(mnist):
         if isinstance(layer, lipschitz_vae.BjorckDense):
             assert abs(np.linalg.svd(layer.orthonormal_kernel().numpy(), compute_uv=False).max() - 1.0) < 1e-3
     maps = {
-        "z_mean": (lambda v: model.encoder(v)[0], mnist[:64]),
-        "z_log_var": (lambda v: model.encoder(v)[1], mnist[:64]),
-        "logits": (model.decoder, tf.random.stateless_normal([64, TINY["latent_dim"]], (1, 2)) * 3.0),
+        "z_mean": (lambda v: model.encoder(v)[0], mnist[:32]),
+        "z_log_var": (lambda v: model.encoder(v)[1], mnist[:32]),
+        "logits": (model.decoder, tf.random.stateless_normal([32, TINY["latent_dim"]], (1, 2)) * 3.0),
     }
     for name, (f, a) in maps.items():
-        b = tf.Variable(tf.roll(a, 1, axis=0))  # random pairs, then pairs pushed to the largest ratio
-        ratios = []
-        for step in range(30):
+        b = tf.Variable(tf.roll(a, 1, axis=0))  # random pairs, then pairs pushed towards the largest ratio
+
+        @tf.function
+        def ratio_and_gradient():
             with tf.GradientTape() as tape:
-                difference = tf.reshape(f(b) - f(a), [64, -1])
-                distance = tf.norm(tf.reshape(b - a, [64, -1]), axis=1)
-                ratio = tf.norm(difference, axis=1) / distance
+                difference = tf.reshape(f(b) - f(a), [32, -1])
+                ratio = tf.norm(difference, axis=1) / tf.norm(tf.reshape(b - a, [32, -1]), axis=1)
                 total = tf.reduce_sum(ratio)
+            return ratio, tape.gradient(total, b)
+
+        ratios = []
+        for step in range(12):
+            ratio, gradient = ratio_and_gradient()
             ratios.append(ratio.numpy())
-            gradient = tape.gradient(total, b)
-            scale = 0.1 if step < 10 else 0.01  # far pairs first, then close pairs
+            scale = 0.1 if step < 6 else 0.01  # far pairs first, then close pairs
             b.assign(a + scale * tf.math.l2_normalize(b - a + gradient, axis=list(range(1, a.shape.rank))))
         assert np.max(ratios) <= bound * (1 + 1e-4), (name, np.max(ratios))
         assert np.max(ratios) > 0.2 * bound, (name, np.max(ratios))  # the search is not vacuous

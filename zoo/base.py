@@ -45,7 +45,7 @@ class ZooModel(keras.Model):
     # Names of the scalars `compute_losses` returns besides "loss".
     base_terms = ()
     extra_terms = ()
-    # True for models that train from their own samples and read no dataset.
+    # False for models that train from their own samples and read no dataset (AVAE-SS).
     needs_data = True
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):

@@ -1,6 +1,6 @@
 """GMM-DAE: a deterministic autoencoder whose codes are regularised to a K-mode Gaussian mixture.
 
-The model of Saseendran et al. (NeurIPS 2021) as restated in section 3.1 of the robust GMM-DAE
+The model of the paper's ref. [27] (Saseendran et al., NeurIPS 2021) as restated in section 3.1 of the robust GMM-DAE
 paper: codes z = E(x) are pushed to the prior by the Kolmogorov-Smirnov loss of eq. (4) (per
 dimension, the sorted codes' mixture CDF against the empirical levels n/N) and the covariance loss of
 eq. (5) (empirical against mixture covariance); the decoder reconstructs x from z + eps, eps ~
@@ -12,8 +12,8 @@ Choices where the paper is silent (its appendix is not in our copy):
   `mode_distance` apart, each along its own axis: for K <= D the vertices of a regular simplex
   (unit vectors e_1..e_K, centred); for D < K <= 2D the vertices +-e_d of a cross-polytope (centred;
   nearest modes `mode_distance` apart, opposite ones sqrt(2) times that). Axis-aligned modes keep
-  them apart in the per-dimension marginals the KS loss sees. The default 6 (six standard
-  deviations) leaves two modes overlapping on 0.13% of their mass.
+  them apart in the per-dimension marginals the KS loss sees. With the default 6 (six standard
+  deviations) a mode puts 0.13% of its mass past the midpoint to a neighbour.
 - Loss weights "from the statistics of samples from the prior": lambda_KS and lambda_CV are the
   inverse mean losses of 16 batches drawn from the prior itself, of the training batch's size (a
   fixed seed: the same weights every step). A loss of 1 is thus the level at which codes cannot be

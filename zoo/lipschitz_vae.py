@@ -1,16 +1,17 @@
 """Lipschitz VAE: the ELBO with Lipschitz-bounded encoder and decoder (Barrett et al., "Certifiably
 robust variational autoencoders", AISTATS 2022), a baseline of the robust GMM-DAE paper.
 
-How the bound `lipschitz` = c is enforced (L2 norms): every dense layer is a `BjorckDense`, whose
-weight is an orthonormalised copy of a free parameter V: V is scaled by a Gershgorin bound on its
-spectral norm (the largest absolute row sum of V^T V bounds its largest eigenvalue), so all singular
-values lie in [0, 1], and Bjorck iterations W <- W (3/2 I - 1/2 W^T W) then move them towards 1.
-That map sends [0, sqrt(3)] into [0, 1], so the spectral norm stays <= 1 after any number of
-iterations (= 1 once converged). The activations are GroupSort with groups of 2 (MaxMin), a
-permutation of its input and so 1-Lipschitz; Flatten/Reshape and biases preserve distances. The last
-layer of each map is scaled by c, so images -> z_mean, images -> z_log_var and latents -> logits are
-each c-Lipschitz (the decoder's mean image sigmoid(logits) is c/4-Lipschitz). The networks are the
-`mlp` arch's 4 x 200 layers, dense only: `--arch` must be `mlp`.
+How the bound `lipschitz` = c is enforced (L2 norms; Anil et al., ICML 2019): every dense layer is
+a `BjorckDense`, whose weight is an orthonormalised copy of a free parameter V. V is scaled by a
+Gershgorin bound on its spectral norm (the largest absolute row sum of V^T V bounds its largest
+eigenvalue), so all singular values lie in [0, 1]; Bjorck iterations W <- W (3/2 I - 1/2 W^T W) then
+move them towards 1. That map sends [0, sqrt(3)] into [0, 1], so the spectral norm stays <= 1 (up
+to float32 rounding, ~1e-6) after any number of iterations, and is 1 once they converge. The
+activations are GroupSort with groups of 2 (MaxMin), a permutation of their input and so
+1-Lipschitz; Flatten/Reshape and biases preserve distances. The last layer of each map is scaled by
+c, so images -> z_mean, images -> z_log_var and latents -> logits are each c-Lipschitz (the decoder's
+mean image sigmoid(logits) is c/4-Lipschitz). The networks are the `mlp` arch's 4 x 200 layers,
+dense only: `--arch` must be `mlp`.
 """
 
 import keras
@@ -26,22 +27,26 @@ _TINY = 1e-12
 def bjorck_orthonormalise(kernel, iterations):
     """Spectral norm <= 1 version of `kernel` [in, out] after `iterations` first-order Bjorck steps.
 
-    Every iterate is W_0 P_k with P_k a polynomial in G_0 = W_0^T W_0, so the steps run on the small
-    Gram matrices: P <- P S, G <- G S^2 with S = 3/2 I - 1/2 G; one product with W_0 at the end.
+    Every iterate is W_0 P_k with P_k a polynomial in G_0 = W_0^T W_0, so for a tall W (the
+    Gram matrix much smaller than W) all steps but the last run on the Gram matrices: P <- P S,
+    G <- G S^2 with S = 3/2 I - 1/2 G. The last step is taken on W itself, W <- W (3/2 I - 1/2 W^T W),
+    which corrects the rounding the Gram steps accumulate.
     """
     transpose = kernel.shape[0] < kernel.shape[1]
     w = tf.transpose(kernel) if transpose else kernel  # rows >= columns: the Gram matrix is the small one
-    w64 = tf.cast(w, tf.float64)  # the small products in float64, so rounding cannot push a norm past 1
-    gram = tf.matmul(w64, w64, transpose_a=True)
+    gram = tf.matmul(w, w, transpose_a=True)
     bound = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.abs(gram), axis=1)), _TINY)
     gram = gram / bound
-    identity = tf.eye(w.shape[1], dtype=tf.float64)
+    identity = tf.eye(w.shape[1], dtype=w.dtype)
     polynomial = identity / tf.sqrt(bound)
-    for _ in range(iterations):
+    gram_steps = max(iterations - 1, 0) if w.shape[0] >= 1.5 * w.shape[1] else 0
+    for _ in range(gram_steps):
         step = 1.5 * identity - 0.5 * gram
         polynomial = tf.matmul(polynomial, step)
         gram = tf.matmul(gram, tf.matmul(step, step))
-    w = tf.matmul(w, tf.cast(polynomial, w.dtype))
+    w = tf.matmul(w, polynomial)
+    for _ in range(iterations - gram_steps):
+        w = tf.matmul(w, 1.5 * identity - 0.5 * tf.matmul(w, w, transpose_a=True))
     return tf.transpose(w) if transpose else w
 
 

@@ -413,36 +413,40 @@ def train(
         all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq=log_every))
     elif verbose == "auto":
         verbose = 0  # one progress bar, the chief's
-    history = None
-    fit = functools.partial(_multi_worker_fit, model) if is_multi_worker(strategy) else model.fit
-    # One pass normally; more when a loss-scaling optimizer skipped steps (non-finite float16
-    # gradients), which do not advance the step counter.
-    while initial_step < train_steps and control.bad_steps is None:
-        _fit_steps_per_execution(model, steps_per_epoch, train_steps - initial_step)
-        history = fit(
-            make_train_data(initial_step),
-            epochs=epochs,
-            initial_epoch=initial_step // steps_per_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation_data,
-            callbacks=all_callbacks,
-            verbose=verbose,
-        )
-        step = int(model.optimizer.iterations.numpy())
-        if step == initial_step:
-            raise NonFiniteLossError(f"every gradient of a whole epoch from step {step} was non-finite; no step applied")
-        initial_step = step
-    if control.bad_steps is not None:
-        first, last = control.bad_steps
-        at = f"step {last}" if first == last else f"steps {first}-{last} (one execution of steps_per_execution)"
-        kept = control.manager.latest_checkpoint if role.is_chief else checkpoint_manager(model, model_dir).latest_checkpoint
-        raise NonFiniteLossError(
-            f"loss became non-finite at {at}; training stopped, "
-            f"last good checkpoint kept: {kept or 'none (no checkpoint was written yet)'}"
-        )
-    model.save(os.path.join(out_dir, MODEL_FILE))
-    if not role.is_chief:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        history = None
+        fit = functools.partial(_multi_worker_fit, model) if is_multi_worker(strategy) else model.fit
+        # One pass normally; more when a loss-scaling optimizer skipped steps (non-finite float16
+        # gradients), which do not advance the step counter.
+        while initial_step < train_steps and control.bad_steps is None:
+            _fit_steps_per_execution(model, steps_per_epoch, train_steps - initial_step)
+            history = fit(
+                make_train_data(initial_step),
+                epochs=epochs,
+                initial_epoch=initial_step // steps_per_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=validation_data,
+                callbacks=all_callbacks,
+                verbose=verbose,
+            )
+            step = int(model.optimizer.iterations.numpy())
+            if step == initial_step:
+                raise NonFiniteLossError(
+                    f"every gradient of a whole epoch from step {step} was non-finite; no step was applied"
+                )
+            initial_step = step
+        if control.bad_steps is not None:
+            first, last = control.bad_steps
+            at = f"step {last}" if first == last else f"steps {first}-{last} (one execution of steps_per_execution)"
+            kept = checkpoint_manager(model, model_dir).latest_checkpoint  # the chief's
+            raise NonFiniteLossError(
+                f"loss became non-finite at {at}; training stopped, "
+                f"last good checkpoint kept: {kept or 'none (no checkpoint was written yet)'}"
+            )
+        model.save(os.path.join(out_dir, MODEL_FILE))
+    finally:
+        if not role.is_chief:  # a worker's temporary directory goes, whatever happened
+            shutil.rmtree(out_dir, ignore_errors=True)
     return history
 
 

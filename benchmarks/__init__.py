@@ -1,0 +1,1 @@
+"""Benchmarks and paper reproductions; each writes its results to results/ with its command."""

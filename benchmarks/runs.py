@@ -1,0 +1,66 @@
+"""Runs the project's own commands for the paper reproductions: train, then evaluate, as a user would.
+
+Every model trains through `python -m train.<model>` and is evaluated by `python -m evaluate.robustness`
+in a subprocess from the repository root, with its output kept in a log file.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, log_path):
+    """Runs `python -m <args>`; exits naming the log when it fails."""
+    command = [sys.executable, "-m", *args]
+    print("$", " ".join(command), flush=True)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if completed.returncode:
+        sys.exit(f"error: {args[0]} failed (exit {completed.returncode}); see {log_path}")
+
+
+def train(work_dir, label, name, common_flags, model_flags=None, init_from=None):
+    """Trains registered model `name` into work_dir/models/label; returns the model directory."""
+    model_dir = os.path.join(work_dir, "models", label)
+    args = [f"train.{name}", *common_flags, f"--model_dir={model_dir}"]
+    args += [f"--{key}={value}" for key, value in (model_flags or {}).items()]
+    if init_from:
+        args.append(f"--init_from={init_from}")
+    started = time.time()
+    run(args, os.path.join(work_dir, "logs", f"train_{label}.log"))
+    print(f"  trained {label} in {time.time() - started:.0f} s", flush=True)
+    return model_dir
+
+
+def evaluate(work_dir, label, model_dir, eval_flags):
+    """Evaluates a model into work_dir/eval/label; returns (robustness.json as a dict, output dir)."""
+    output = os.path.join(work_dir, "eval", label)
+    run(["evaluate.robustness", f"--model_dir={model_dir}", *eval_flags, f"--output_dir={output}"],
+        os.path.join(work_dir, "logs", f"eval_{label}.log"))  # fmt: skip
+    with open(os.path.join(output, "robustness.json")) as f:
+        return json.load(f), output
+
+
+def step_seconds(model_dir):
+    """Median wall-clock seconds of a training step, leaving out the first (tracing) steps."""
+    with open(os.path.join(model_dir, "timing.csv")) as f:
+        seconds = [float(line.split(",")[1]) for line in f.readlines()[1:]]
+    return statistics.median(seconds[5:] or seconds)
+
+
+def command_line(module):
+    return f"python -m {module} " + " ".join(sys.argv[1:])
+
+
+def describe_fid(features):
+    """One line saying which features the FID used (Inception and classifier FIDs are not comparable)."""
+    if features["kind"] == "classifier":
+        return (f"{features['network']} (test accuracy {features['test_accuracy']}), cached at {features['path']}; "
+                "not comparable with Inception FID")  # fmt: skip
+    return features.get("network", features["kind"])

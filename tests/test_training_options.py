@@ -1,0 +1,74 @@
+"""Speed options of the training loop: XLA, steps per execution, mixed precision."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoo import training
+
+SHAPE = (8, 8, 1)
+TINY = dict(image_shape=SHAPE, arch="mlp", latent_dim=8)
+
+
+def _data(initial_step=0):
+    del initial_step
+    images = np.random.default_rng(0).uniform(size=(16, *SHAPE)).astype("float32")
+    return tf.data.Dataset.from_tensors(images).repeat()
+
+
+def _model(**kwargs):
+    return training.build_model("avae", tf.distribute.get_strategy(), **TINY, **kwargs)
+
+
+def test_xla_computes_the_same_step():
+    """Same loss and update with and without XLA.
+
+    XLA draws other numbers than TensorFlow's kernels from the same stateless seed, so the
+    posterior is made (numerically) deterministic here, std = exp(-30): the comparison is of
+    everything but the noise.
+    """
+    plain = _model()
+    head = plain.encoder.get_layer("z_log_var")
+    head.kernel.assign(np.zeros(head.kernel.shape, "float32"))
+    head.bias.assign(np.full(head.bias.shape, -60.0, "float32"))
+    xla = _model(jit_compile=True, steps_per_execution=2)
+    xla.set_weights(plain.get_weights())
+    assert xla.jit_compile
+    start = plain.get_weights()
+    losses = [model.fit(_data(), steps_per_epoch=2, epochs=1, verbose=0).history["loss"][0] for model in (plain, xla)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    deltas = [np.concatenate([(w - s).ravel() for w, s in zip(m.get_weights(), start)]) for m in (plain, xla)]
+    # Adam turns rounding differences of near-zero gradients into a few larger ones: almost all agree.
+    assert np.mean(np.abs(deltas[1] - deltas[0]) > 1e-3 * np.max(np.abs(deltas[0]))) <= 1e-3
+
+
+def test_steps_per_execution_is_lowered_to_land_on_checkpoints_and_the_budget(tmp_path):
+    model_dir = str(tmp_path / "model")
+    model = _model(steps_per_execution=4)
+    training.train(model, _data, model_dir, train_steps=6, checkpoint_every=4, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 6
+    assert sorted(f for f in os.listdir(os.path.join(model_dir, "checkpoints")) if f.endswith(".index")) == [
+        "ckpt-4.index", "ckpt-6.index",
+    ]  # fmt: skip
+
+
+def test_mixed_precision_scales_the_loss_and_keeps_outputs_float32(tmp_path):
+    model = _model(mixed_precision=True)
+    assert keras.config.dtype_policy().name == "float32", "building must not leave the global policy changed"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    hidden = [layer for layer in model.encoder.layers if isinstance(layer, keras.layers.Dense)][0]
+    assert hidden.compute_dtype == "float16" and hidden.kernel.dtype == "float32"
+    x = _data().take(1).get_single_element()
+    z_mean, z_log_var = model.encoder(x)
+    assert z_mean.dtype == z_log_var.dtype == model.decoder(z_mean).dtype == tf.float32
+    assert {t.dtype for t in model.compute_losses(x, training=True).values()} == {tf.float32}
+
+    # Loss-scaled steps skipped for non-finite float16 gradients do not count: the budget is reached.
+    model_dir = str(tmp_path / "model")
+    history = training.train(model, _data, model_dir, train_steps=3, checkpoint_every=3, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 3
+    assert np.isfinite(history.history["loss"][-1])
+    restored = training.load_model(model_dir)
+    assert restored.encoder(x)[0].dtype == tf.float32
