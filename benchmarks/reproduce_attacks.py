@@ -84,7 +84,7 @@ def _eval_flags():
 
 
 def _by_lambda(attack, metric):
-    return [attack["by_lambda"][str(lam)][metric]["mean"] for lam in LAMBDAS]
+    return [attack["by_lambda"][f"{lam:g}"][metric]["mean"] for lam in LAMBDAS]
 
 
 def _summary(result):
@@ -150,7 +150,7 @@ def _markdown(report):
     ]
     for label, entry in report["models"].items():
         paper = PAPER[label]
-        under = (entry["latent_attack_accuracy"] or {}).get("1.0")
+        under = (entry["latent_attack_accuracy"] or {}).get("1")
         lines.append(
             f"| {label} | {_percent(entry['clean_accuracy'])} ({paper.get('clean_accuracy', 'n/a')}) | "
             f"{_percent(under)} ({paper.get('latent_attack_accuracy', 'n/a')}) |"

@@ -82,13 +82,8 @@ def _eval_flags(num_examples, budget, stages):
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
-def _accuracy_table(result):
-    """{task: {"0.0": accuracy, ...}} with string radii, as robustness.json holds it."""
-    return {task: {str(float(eps)): acc for eps, acc in by_eps.items()} for task, by_eps in result["adversarial_accuracy"].items()}
-
-
 def _cell(accuracies):
-    return " / ".join(f"{100 * accuracies[str(eps)]:.1f}" for eps in EPSILONS)
+    return " / ".join(f"{100 * accuracies[f'{eps:g}']:.1f}" for eps in EPSILONS)
 
 
 def _paper_cell(values):
@@ -157,7 +152,7 @@ def _plot(report, chain_pngs):
     for task, ax in zip(("digit", "color"), axes):
         for label, entry in report["models"].items():
             acc = entry["adversarial_accuracy"][task]
-            ax.plot(EPSILONS, [100 * acc[str(e)] for e in EPSILONS], marker="o", label=label)
+            ax.plot(EPSILONS, [100 * acc[f"{e:g}"] for e in EPSILONS], marker="o", label=label)
         ax.set(title=f"{task} task", xlabel="attack radius eps (L-inf)", ylabel="adversarial accuracy (%)", ylim=(0, 101))
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -169,7 +164,7 @@ def _plot(report, chain_pngs):
     rhos = [float(r) for r in report["rho_sweep"]]
     for task, ax in zip(("digit", "color"), axes):
         for eps in EPSILONS:
-            ax.plot(rhos, [100 * report["rho_sweep"][r][task][str(eps)] for r in report["rho_sweep"]], marker="o",
+            ax.plot(rhos, [100 * report["rho_sweep"][r][task][f"{eps:g}"] for r in report["rho_sweep"]], marker="o",
                     label=f"eps={eps}")  # fmt: skip
         ax.set(title=f"AVAE, {task} task", xlabel="coupling rho", ylabel="adversarial accuracy (%)", ylim=(0, 101))
         ax.grid(alpha=0.3)
@@ -210,13 +205,13 @@ def main(argv):
         else:
             model_dir = runs.train(work, label, "avae", _common_flags(budget), {"rho": rho})
         result, _ = runs.evaluate(work, label, model_dir, _eval_flags(budget["sweep_examples"], budget, "accuracy"))
-        rho_sweep[rho] = _accuracy_table(result)
+        rho_sweep[rho] = result["adversarial_accuracy"]
 
     first = next(iter(results.values()))
     report = {
         "models": {
             label: {
-                "adversarial_accuracy": _accuracy_table(result),
+                "adversarial_accuracy": result["adversarial_accuracy"],
                 "mse": result["mse"]["per_pixel"],
                 "fid": result["fid"],
                 "time_ratio": runs.step_seconds(model_dirs[label]) / vae_step,

@@ -20,6 +20,8 @@ from zoo import attacks
 
 ATTACKS = ("latent", "max_damage")
 METRICS = ("loss", "ms_ssim_ref_vs_adv_recon", "ms_ssim_input_vs_adv_input", "ms_ssim_ref_recon_vs_adv_recon")
+# Per-example classes predicted from the clean and the attacked code, when a classifier is given.
+PREDICTIONS = ("clean_prediction", "adversarial_prediction")
 
 
 def _flat(t):
@@ -30,10 +32,11 @@ def _distance(a, b):
     return tf.sqrt(tf.reduce_sum(tf.square(_flat(a) - _flat(b)), axis=1) + 1e-12)
 
 
-def make_attack(kind, encode_mean, decode, steps, restarts):
+def make_attack(kind, encode_mean, decode, steps, restarts, classify=None):
     """A tf.function (x, x_target, lam, seed) -> {metric: [batch]} for `kind` in ATTACKS.
 
-    `x_target` is ignored by the maximum-damage attack.
+    `x_target` is ignored by the maximum-damage attack. With `classify` (codes -> logits), the result also
+    holds the PREDICTIONS of a downstream classifier on the clean and the attacked codes.
     """
     if kind not in ATTACKS:
         raise ValueError(f"unknown autoencoder attack {kind!r}; choose one of: {', '.join(ATTACKS)}")
@@ -62,7 +65,14 @@ def make_attack(kind, encode_mean, decode, steps, restarts):
             loss = _distance(z_adv, encode_mean(x_target))
         else:
             loss = _distance(adv_reconstruction, reference_reconstruction)
+        predictions = {}
+        if classify is not None:
+            predictions = {
+                "clean_prediction": tf.argmax(classify(encode_mean(x)), axis=-1, output_type=tf.int32),
+                "adversarial_prediction": tf.argmax(classify(z_adv), axis=-1, output_type=tf.int32),
+            }
         return {
+            **predictions,
             "loss": loss,
             "ms_ssim_ref_vs_adv_recon": msssim.ms_ssim(reference, adv_reconstruction),
             "ms_ssim_input_vs_adv_input": msssim.ms_ssim(x, x_adv),

@@ -159,11 +159,11 @@ def _batches(n, batch_size):
 
 
 def adversarial_accuracy(model, images, labels, train_images, train_labels, tasks, settings, log, timing):
-    """{task: {epsilon: accuracy}} and the probes' clean train/test accuracies."""
+    """{task: {epsilon: accuracy}}, the probes' clean accuracies and the probes {task: (W, b)}."""
     train_features = probes.encode_in_batches(model.encode_mean, train_images, settings.batch_size)
     clean_correct = probes.make_clean_correct(model.encode_mean)
     adversarial_correct = probes.make_adversarial_correct(model.encode_mean, settings.pgd_steps, settings.restarts)
-    accuracy, probe_info = {}, {}
+    accuracy, probe_info, probe_weights = {}, {}, {}
     attacked, attack_seconds = 0, 0.0
     for t, (task, classes) in enumerate(tasks.items()):
         w, b = probes.train_linear_probe(
@@ -173,6 +173,7 @@ def adversarial_accuracy(model, images, labels, train_images, train_labels, task
         probe_info[task] = {"classes": classes, "train_accuracy": train_accuracy, "train_examples": len(train_images)}
         log(f"[accuracy] probe {task}: train accuracy {train_accuracy:.3f} on {len(train_images)} examples")
         w, b = tf.constant(w), tf.constant(b)
+        probe_weights[task] = (w, b)
         accuracy[task] = {}
         for e, epsilon in enumerate(settings.epsilons):
             progress = _Progress(f"[accuracy] {task} eps={epsilon:g}", len(images), log)
@@ -196,7 +197,7 @@ def adversarial_accuracy(model, images, labels, train_images, train_labels, task
         "examples_per_second": attacked / attack_seconds if attacked else None,
         "note": "PGD examples (each: steps x restarts gradient evaluations) per second, tracing included",
     }
-    return accuracy, probe_info
+    return accuracy, probe_info, probe_weights
 
 
 def decoder_quality(model, images, extractor, settings, log):
@@ -246,13 +247,21 @@ def _attack_pairs(labels, n_pool, settings, rng):
     return np.array(sources), np.array(targets), per_trial
 
 
-def autoencoder_attacks(model, images, labels, target_task, settings, log, timing):
-    """The latent-space and maximum-damage attacks over trials and lambdas."""
+def autoencoder_attacks(model, images, labels, target_task, settings, log, timing, probe=None):
+    """The latent-space and maximum-damage attacks over trials and lambdas.
+
+    With `probe` (W, b), the linear probe of `target_task`, the latent attack also reports the downstream
+    accuracy, clean and on the attacked codes, as the robust GMM-DAE paper's Table 3.
+    """
     rng = np.random.default_rng(settings.seed)
     sources, targets, per_trial = _attack_pairs(labels[target_task], len(images), settings, rng)
     results = {}
     for a, kind in enumerate(ae_attacks.ATTACKS):
-        run = ae_attacks.make_attack(kind, model.encode_mean, model.decode, settings.pgd_steps, settings.restarts)
+        classify = None if probe is None or kind != "latent" else (lambda z: tf.matmul(z, probe[0]) + probe[1])
+        run = ae_attacks.make_attack(
+            kind, model.encode_mean, model.decode, settings.pgd_steps, settings.restarts, classify=classify
+        )
+        downstream = {}
         by_lambda = {}
         start = time.perf_counter()
         for l, lam in enumerate(settings.lambdas):
@@ -268,6 +277,13 @@ def autoencoder_attacks(model, images, labels, target_task, settings, log, timin
                 for key, value in out.items():
                     collected.setdefault(key, []).append(value.numpy())
                 progress.update(hi - lo, f", loss so far {np.mean(np.concatenate(collected['loss'])):.3f}")
+            predictions = {key: np.concatenate(collected.pop(key)) for key in ae_attacks.PREDICTIONS if key in collected}
+            if predictions:
+                true_class = labels[target_task][sources]
+                downstream["clean"] = float(np.mean(predictions["clean_prediction"] == true_class))
+                downstream.setdefault("by_lambda", {})[report.epsilon_key(lam)] = float(
+                    np.mean(predictions["adversarial_prediction"] == true_class)
+                )
             per_trial_means = {
                 key: np.concatenate(values).reshape(settings.ae_attack_trials, per_trial).mean(axis=1)
                 for key, values in collected.items()
@@ -290,6 +306,10 @@ def autoencoder_attacks(model, images, labels, target_task, settings, log, timin
             "trials": settings.ae_attack_trials,
             "by_lambda": by_lambda,
         }
+        if downstream:
+            results[f"{kind}_attack"]["downstream_accuracy"] = dict(
+                downstream, task=target_task, classifier="linear probe on the encoder mean (accuracy stage)"
+            )
     return results["latent_attack"], results["max_damage_attack"]
 
 
@@ -451,11 +471,12 @@ def evaluate_model(model_dir, output_dir, settings, dataset=None, data_dir=None,
         "margin": None,
         "chain_drift": None,
     }
+    probe_weights = {}
     if "accuracy" in settings.stages:
         train_images, train_labels = load_arrays(
             dataset, "train", settings.probe_train_examples, data_dir, settings.download
         )
-        result["adversarial_accuracy"], result["probes"] = adversarial_accuracy(
+        result["adversarial_accuracy"], result["probes"], probe_weights = adversarial_accuracy(
             model, images, labels, train_images, train_labels, tasks, settings, log, timing
         )
         del train_images, train_labels
@@ -476,7 +497,7 @@ def evaluate_model(model_dir, output_dir, settings, dataset=None, data_dir=None,
             result["fid_note"] = note
     if "ae_attacks" in settings.stages:
         result["latent_attack"], result["max_damage_attack"] = autoencoder_attacks(
-            model, images, labels, target_task, settings, log, timing
+            model, images, labels, target_task, settings, log, timing, probe=probe_weights.get(target_task)
         )
     if "margin" in settings.stages:
         result["margin"] = robustness_margin(model, images, settings, log, timing, output_dir)

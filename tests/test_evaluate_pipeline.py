@@ -73,6 +73,11 @@ def test_protocol_writes_json_table_and_plots(vae_dir, tfds_dir, tmp_path):
             for metric in ("ms_ssim_ref_vs_adv_recon", "ms_ssim_input_vs_adv_input", "ms_ssim_ref_recon_vs_adv_recon"):
                 assert 0.0 <= stats[metric]["mean"] <= 1.0
             assert stats["perturbation_l2"]["mean"] <= float(max(attack["by_lambda"], key=float)) + 1e-4
+    # Table 3 of the robust GMM-DAE paper: the target task's probe, clean and on the latent-attacked codes.
+    downstream = saved["latent_attack"]["downstream_accuracy"]
+    assert downstream["task"] == "digit" and set(downstream["by_lambda"]) == {"0.5", "2"}
+    assert all(0.0 <= a <= 1.0 for a in [downstream["clean"], *downstream["by_lambda"].values()])
+    assert "downstream_accuracy" not in saved["max_damage_attack"]
     # A larger L2 budget moves the input further from itself.
     max_damage = saved["max_damage_attack"]["by_lambda"]
     similarity = {lam: stats["ms_ssim_input_vs_adv_input"]["mean"] for lam, stats in max_damage.items()}

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
 from zoo import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(arch="mlp", latent_dim=8)
 
 
 def _cli(model, model_dir, *flags, tfds_dir=None):
-    data = [f"--dataset=color_mnist", f"--data_dir={tfds_dir}", "--download=false"] if tfds_dir else []
+    data = ["--dataset=color_mnist", f"--data_dir={tfds_dir}", "--download=false"] if tfds_dir else []
     return [sys.executable, "-m", f"train.{model}", *data, "--arch=mlp", "--latent_dim=8", "--batch_size=16",
             f"--model_dir={model_dir}", *flags]  # fmt: skip
 

@@ -1,11 +1,6 @@
 """Trains an AVAE (Algorithm 1, eq. 13): python -m train.avae --dataset=... --rho=0.975"""
 
-from absl import flags
-
 from train import common
-
-flags.DEFINE_float("rho", 0.975, "Coupling strength between a code and its delusion's code, in (-1, 1).")
-flags.register_validator("rho", lambda rho: -1.0 < rho < 1.0, message="--rho must lie in (-1, 1)")
 
 if __name__ == "__main__":
     common.run("avae")

@@ -1,8 +1,10 @@
 """Flags shared by every `python -m train.<model>` entry point, and its main.
 
-An entry point defines the flags of its model's own hyper-parameters and calls
-`run("<model>")`. Each hyper-parameter a model class declares is read from the
-flag of the same name.
+An entry point only calls `run("<model>")`. The model's own flags come from its
+class: one flag per entry of its `hyperparameters` (the default's type, its
+`hyperparameter_help`, and an enum for `hyperparameter_choices`), and the class's
+`check_hyperparameters` validates them, so a setting is declared and checked in
+one place.
 """
 
 import json
@@ -27,8 +29,6 @@ flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (and be
 flags.DEFINE_integer("eval_examples", 1000, "Test examples used for validation at each checkpoint (0: none).")
 flags.DEFINE_string("model_dir", "/tmp/robust_zoo/model", "Where checkpoints, logs and the final model go.")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and training noise.")
-flags.DEFINE_float("obs_var", 0.5, "Observation variance of the Gaussian likelihood.")
-flags.DEFINE_enum("likelihood", "gaussian", ["gaussian", "bernoulli"], "Decoder likelihood.")
 flags.DEFINE_enum(
     "strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"],
     "tf.distribute strategy: auto mirrors over several GPUs; multi_worker reads the cluster from TF_CONFIG.",
@@ -46,7 +46,18 @@ flags.DEFINE_string(
     "(required by models that read no data, e.g. avae_ss)."
 )
 
-flags.register_validator("obs_var", lambda v: v > 0, message="--obs_var must be positive")
+_DEFINE_BY_TYPE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+
+
+def define_model_flags(model_class):
+    """Defines a flag for each hyper-parameter of `model_class`, typed by its default."""
+    for name, default in model_class.hyperparameters.items():
+        help_text = model_class.describe_hyperparameter(name)
+        choices = model_class.hyperparameter_choices.get(name)
+        if choices:
+            flags.DEFINE_enum(name, default, list(choices), help_text)
+        else:
+            _DEFINE_BY_TYPE[type(default)](name, default, help_text)
 
 
 def _fail(message):
@@ -124,17 +135,17 @@ def _main(model_name):
     config = {"model": model_name, "dataset": dataset, "init_from": FLAGS.init_from, **kwargs,
               "image_shape": list(image_shape)}  # fmt: skip
     used_flags = {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)}
-    used_flags.update({name: FLAGS[name].value for name in model_class.hyperparameters})
 
     try:
-        training.prepare_model_dir(FLAGS.model_dir, config, write_config=role.is_chief)
-        if role.is_chief:
-            with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
-                json.dump(used_flags, f, indent=2, sort_keys=True)
+        # The model checks its hyper-parameters before anything is written to --model_dir.
         model = training.build_model(
             model_name, strategy, learning_rate=FLAGS.learning_rate, jit_compile=FLAGS.jit_compile,
             steps_per_execution=FLAGS.steps_per_execution, mixed_precision=FLAGS.mixed_precision, **kwargs,
         )  # fmt: skip
+        training.prepare_model_dir(FLAGS.model_dir, config, write_config=role.is_chief)
+        if role.is_chief:
+            with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
+                json.dump(used_flags, f, indent=2, sort_keys=True)
         if source is not None:  # a resumed run then restores its own checkpoint over these weights
             model.set_weights(source.get_weights())
 
@@ -168,5 +179,10 @@ def _main(model_name):
 
 
 def run(model_name):
-    """Entry point of `python -m train.<model_name>`."""
+    """Entry point of `python -m train.<model_name>`: its model's flags, then training."""
+    import zoo
+
+    define_model_flags(zoo.get_model_class(model_name))
+    for flag in FLAGS.get_key_flags_for_module(__name__):  # `--help` lists the shared flags too
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(lambda argv: _main(model_name) if len(argv) == 1 else _fail(f"unexpected arguments: {argv[1:]}"))

@@ -22,6 +22,10 @@ from zoo import attacks, gmm_dae, maths, registry
 @registry.register("augmented_gmm_dae")
 class AugmentedGMMDAE(gmm_dae.GMMDAE):
     hyperparameters = {**gmm_dae.GMMDAE.hyperparameters, "epsilon": 0.1, "step_size": 0.125}
+    hyperparameter_help = {
+        "epsilon": "L-inf radius of the FGSM attack on the codes.",
+        "step_size": "FGSM step from the random start.",
+    }
     extra_terms = gmm_dae.GMMDAE.extra_terms + ("adversarial_shift",)
 
     def check_hyperparameters(self):

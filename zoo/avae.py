@@ -18,6 +18,7 @@ from zoo import base, maths, registry
 @registry.register("avae")
 class AVAE(base.BaseVAE):
     hyperparameters = {**base.BaseVAE.hyperparameters, "rho": 0.975}
+    hyperparameter_help = {"rho": "Coupling strength between a code and its delusion's code, in (-1, 1)."}
     extra_terms = ("coupling_log_prob", "delusion_entropy")
 
     def check_hyperparameters(self):

@@ -9,7 +9,9 @@ what it optimises by implementing one hook:
 - deterministic autoencoders override `compute_losses` directly.
 
 Hyper-parameters are declared once, as a `hyperparameters` dict of defaults on
-the class; `__init__`, `get_config` and the training flags all read it.
+the class (with `hyperparameter_help`, and `hyperparameter_choices` for string
+settings); `__init__`, `get_config` and the training flags all read it, and
+`check_hyperparameters` is the one place that validates them.
 """
 
 import keras
@@ -42,6 +44,10 @@ class ZooModel(keras.Model):
     """
 
     hyperparameters = {}
+    # One line of help per hyper-parameter (the training flag's help); subclasses add their own.
+    hyperparameter_help = {}
+    # String hyper-parameters that take one of a fixed set of values.
+    hyperparameter_choices = {}
     # Names of the scalars `compute_losses` returns besides "loss".
     base_terms = ()
     extra_terms = ()
@@ -66,6 +72,15 @@ class ZooModel(keras.Model):
 
     def check_hyperparameters(self):
         """Raises ValueError with one clear sentence for an invalid setting."""
+
+    @classmethod
+    def describe_hyperparameter(cls, name):
+        """The help line of hyper-parameter `name`, from the most derived class that gives one."""
+        for klass in cls.__mro__:
+            text = vars(klass).get("hyperparameter_help", {}).get(name)
+            if text:
+                return text
+        return name.replace("_", " ")
 
     @property
     def metrics(self):
@@ -135,6 +150,11 @@ class BaseVAE(ZooModel):
 
     # obs_var 0.5 is the public AVAE reference implementation's default.
     hyperparameters = {"obs_var": 0.5, "likelihood": "gaussian"}
+    hyperparameter_help = {
+        "obs_var": "Observation variance of the Gaussian likelihood (the public AVAE code's default: 0.5).",
+        "likelihood": "Decoder likelihood.",
+    }
+    hyperparameter_choices = {"likelihood": LIKELIHOODS}
     base_terms = ("log_likelihood", "kl", "elbo")
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):

@@ -14,6 +14,10 @@ from zoo import base, maths, registry
 @registry.register("beta_tcvae")
 class BetaTCVAE(base.BaseVAE):
     hyperparameters = {**base.BaseVAE.hyperparameters, "beta": 4.0, "dataset_size": 0}
+    hyperparameter_help = {
+        "beta": "Weight of the total-correlation part of the KL (1: the VAE).",
+        "dataset_size": "Training-set size N of the TC estimator; 0: that of --dataset.",
+    }
     extra_terms = ("total_correlation",)
 
     def check_hyperparameters(self):

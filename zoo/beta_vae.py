@@ -13,6 +13,7 @@ from zoo import base, maths, registry
 @registry.register("beta_vae")
 class BetaVAE(base.BaseVAE):
     hyperparameters = {**base.BaseVAE.hyperparameters, "beta": 4.0}
+    hyperparameter_help = {"beta": "Weight of the KL term (1: the VAE)."}
 
     def check_hyperparameters(self):
         super().check_hyperparameters()

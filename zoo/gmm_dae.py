@@ -42,6 +42,12 @@ def mixture_means(num_modes, latent_dim, distance):
 @registry.register("gmm_dae")
 class GMMDAE(base.BaseDAE):
     hyperparameters = {"num_modes": 10, "mode_distance": 6.0, "latent_noise": 1.0, "rec_weight": 1.0}
+    hyperparameter_help = {
+        "num_modes": "Modes K of the Gaussian-mixture prior (at most 2 * latent_dim).",
+        "mode_distance": "Distance between mixture means (modes have unit variance).",
+        "latent_noise": "Std of the noise added to codes before decoding.",
+        "rec_weight": "Weight lambda_REC of the reconstruction loss.",
+    }
     extra_terms = ("ks_loss", "cov_loss")
 
     def __init__(self, *args, **kwargs):

@@ -110,6 +110,7 @@ def lipschitz_decoder(latent_dim, image_shape, lipschitz):
 @registry.register("lipschitz_vae")
 class LipschitzVAE(base.BaseVAE):
     hyperparameters = {**base.BaseVAE.hyperparameters, "lipschitz": 10.0}
+    hyperparameter_help = {"lipschitz": "L2 Lipschitz bound of the encoder and decoder maps."}
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
         # BaseVAE.__init__ would build the `--arch` networks; these are the model's own.

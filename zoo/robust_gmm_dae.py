@@ -19,6 +19,7 @@ from zoo import augmented_gmm_dae, maths, registry
 @registry.register("robust_gmm_dae")
 class RobustGMMDAE(augmented_gmm_dae.AugmentedGMMDAE):
     hyperparameters = {**augmented_gmm_dae.AugmentedGMMDAE.hyperparameters, "alpha": 0.9}
+    hyperparameter_help = {"alpha": "Coupling of codes and adversarial codes in the covariance target, in [-1, 1]."}
     extra_terms = augmented_gmm_dae.AugmentedGMMDAE.extra_terms + ("two_sample_ks",)
 
     def check_hyperparameters(self):

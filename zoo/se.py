@@ -22,6 +22,10 @@ from zoo import attacks, base, maths, registry
 
 # Hyper-parameters of the selection step, shared with SE-AVAE.
 SELECTION_HYPERPARAMETERS = {"se_epsilon": 0.1, "pgd_steps": 5}
+SELECTION_HELP = {
+    "se_epsilon": "L-inf radius of the PGD selection (the paper's SE_0.1, SE_0.2).",
+    "pgd_steps": "PGD steps of the selection (the paper's SE^5, SE^20).",
+}
 _SELECTION_SALT = 1  # noise_seed salt of the PGD random start (0 is the posterior sample)
 
 
@@ -56,6 +60,10 @@ def select(model, x, rho):
 class SE(base.BaseVAE):
     # rho 0.95 is the paper's rho_SE; SE^5 (5 PGD steps) at radius 0.1 is its SE_0.1 on CelebA.
     hyperparameters = {**base.BaseVAE.hyperparameters, "rho": 0.95, **SELECTION_HYPERPARAMETERS}
+    hyperparameter_help = {
+        "rho": "Coupling strength between a code and its PGD-selected input's code, in (-1, 1).",
+        **SELECTION_HELP,
+    }
     extra_terms = ("coupling_log_prob", "joint_entropy")
 
     def check_hyperparameters(self):

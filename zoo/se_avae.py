@@ -20,6 +20,10 @@ from zoo import avae, maths, registry, se
 class SEAVAE(avae.AVAE):
     # Defaults: the AVAE's rho and the paper's rho_SE = 0.95 (its Figure 9 also shows 0.97 / 0.975).
     hyperparameters = {**avae.AVAE.hyperparameters, "rho_se": 0.95, **se.SELECTION_HYPERPARAMETERS}
+    hyperparameter_help = {
+        "rho_se": "Coupling strength between a code and its PGD-selected input's code, in (-1, 1).",
+        **se.SELECTION_HELP,
+    }
     extra_terms = avae.AVAE.extra_terms + ("se_coupling_log_prob", "adversarial_entropy")
 
     def check_hyperparameters(self):

@@ -245,6 +245,37 @@ class _TrainingControl(keras.callbacks.Callback):
                 shutil.rmtree(self.manager.directory, ignore_errors=True)
 
 
+class _BatchSummaries(keras.callbacks.Callback):
+    """TensorBoard scalars `batch_<metric>` every `log_every` optimizer steps, against the step.
+
+    Keras' TensorBoard callback with a batch frequency does Python work at every batch (about a
+    millisecond, a tenth of a small model's step) and counts batches from 0 in every `fit`, so it
+    only writes the epoch summaries here. These use the optimizer step: continuous across resumes
+    and independent of steps_per_execution.
+    """
+
+    def __init__(self, log_dir, log_every):
+        super().__init__()
+        self.log_dir = log_dir
+        self.log_every = log_every
+        self.writer = None
+
+    def on_train_begin(self, logs=None):
+        self.writer = self.writer or tf.summary.create_file_writer(self.log_dir)
+        self.last = int(self.model.optimizer.iterations.numpy()) // self.log_every
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step // self.log_every > self.last and logs:
+            self.last = step // self.log_every
+            with self.writer.as_default(step=step):
+                for name, value in logs.items():
+                    tf.summary.scalar(f"batch_{name}", value)
+
+    def on_train_end(self, logs=None):
+        self.writer.flush()
+
+
 class _StepTimer(keras.callbacks.Callback):
     """Appends `step,seconds` to timing.csv: wall-clock seconds per training step.
 
@@ -287,6 +318,22 @@ def _batch_size(dataset):
     return tf.nest.flatten(dataset.element_spec)[0].shape[0]
 
 
+def _whole_batches(validation_data, batch_size, replicas):
+    """The validation data in whole global batches when several replicas share each batch.
+
+    A distributed batch is split into per-replica batches of batch_size / replicas, so a short last
+    batch can leave a replica nothing: its mean would be NaN (or its sampling fail). None when not
+    one whole batch is left.
+    """
+    if validation_data is None or replicas == 1:
+        return validation_data
+    whole = validation_data.unbatch().batch(batch_size, drop_remainder=True)
+    if not any(True for _ in whole.take(1)):
+        logging.warning("no validation: fewer validation examples than one global batch (%d)", batch_size)
+        return None
+    return whole
+
+
 def _data_sharded(dataset):
     """Shards by element, so any source (one file, in-memory arrays) splits evenly over workers."""
     options = tf.data.Options()
@@ -326,9 +373,7 @@ def _multi_worker_fit(
 
     iterator = iter(strategy.experimental_distribute_dataset(_data_sharded(dataset)))
     if validation_data is not None:
-        # Whole global batches only: a replica given an empty batch would report a NaN mean.
-        whole = validation_data.unbatch().batch(_batch_size(dataset), drop_remainder=True)
-        validation_data = strategy.experimental_distribute_dataset(_data_sharded(whole))
+        validation_data = strategy.experimental_distribute_dataset(_data_sharded(validation_data))
     callbacks = keras.callbacks.CallbackList(
         callbacks,
         add_history=True,
@@ -410,7 +455,8 @@ def train(
     control = _TrainingControl(checkpoint_manager(model, out_dir), train_steps, discard=not role.is_chief)
     all_callbacks = [control, _StepTimer(os.path.join(out_dir, "timing.csv")), *callbacks]
     if role.is_chief:
-        all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq=log_every))
+        logs = os.path.join(model_dir, "logs")
+        all_callbacks += [keras.callbacks.TensorBoard(logs), _BatchSummaries(os.path.join(logs, "train"), log_every)]
     elif verbose == "auto":
         verbose = 0  # one progress bar, the chief's
     try:
@@ -420,8 +466,10 @@ def train(
         # gradients), which do not advance the step counter.
         while initial_step < train_steps and control.bad_steps is None:
             _fit_steps_per_execution(model, steps_per_epoch, train_steps - initial_step)
+            dataset = make_train_data(initial_step)
+            validation_data = _whole_batches(validation_data, _batch_size(dataset), strategy.num_replicas_in_sync)
             history = fit(
-                make_train_data(initial_step),
+                dataset,
                 epochs=epochs,
                 initial_epoch=initial_step // steps_per_epoch,
                 steps_per_epoch=steps_per_epoch,
