@@ -117,6 +117,13 @@ def _percent(value):
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _fid(entry):
+    """FID of prior samples, or of reconstructions (marked) for a model without a prior to sample."""
+    if entry["fid"] is not None:
+        return f"{entry['fid']:.1f}"
+    return "n/a" if entry["fid_reconstructions"] is None else f"{entry['fid_reconstructions']:.1f} (rec.)"
+
+
 def _markdown(report):
     lines = [
         "# MNIST: attacks on the autoencoder (robust GMM-DAE paper, Tables 1-3)",
@@ -139,7 +146,7 @@ def _markdown(report):
             f"{_triple(paper['max_damage_recon'])} | "
             f"{entry['latent_attack']['ms_ssim_input_vs_adv_input'][0]:.2f} / "
             f"{entry['max_damage_attack']['ms_ssim_input_vs_adv_input'][0]:.2f} | "
-            f"{'n/a' if entry['fid'] is None else format(entry['fid'], '.1f')} ({paper['fid']}) |"
+            f"{_fid(entry)} ({paper['fid']}) |"
         )
     lines += [
         "",
@@ -158,20 +165,15 @@ def _markdown(report):
     s = report["settings"]
     lines += [
         "",
-        f"FID features: {runs.describe_fid(report['fid_features'])}. Not comparable with the paper's Inception FID; deterministic",
-        "autoencoders have no prior to sample from, so their FID is of reconstructions (`fid_reconstructions`).",
+        f"FID features: {runs.describe_fid(report['fid_features'])}. '(rec.)': a model without a prior to sample",
+        "from; its FID is of reconstructions (`fid_reconstructions` in the JSON).",
         "",
         f"Budget: {s['train_steps']} steps of batch {s['batch_size']} per model, fully connected networks "
         f"(4 x 200), latent {s['latent_dim']}, Adam 1e-4, seed {s['seed']}, on the 7,000 MNIST training digits of "
         f"../shared/tfds; attacks: L2 PGD-{s['pgd_steps']} with {s['restarts']} restart(s), "
         f"{s['ae_attack_examples']} random test images x {s['ae_attack_trials']} trials per lambda.",
         "",
-        "Produced by:",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-        "",
+        *runs.produced_by(report["command"]),
     ]
     return "\n".join(lines)
 

@@ -131,12 +131,7 @@ def _markdown(report):
         "Plots: `colormnist_accuracy_vs_epsilon.png` (Figure 5 right), `colormnist_rho_sweep.png` "
         "(Figure 5 left), `colormnist_chains.png` (Figure 1: encode-decode chains, VAE above, AVAE below).",
         "",
-        "Produced by:",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-        "",
+        *runs.produced_by(report["command"]),
     ]
     return "\n".join(lines)
 

@@ -58,6 +58,11 @@ def command_line(module):
     return f"python -m {module} " + " ".join(sys.argv[1:])
 
 
+def produced_by(command):
+    """The Markdown lines that close a results file with the command that made it."""
+    return ["Produced by:", "", "```bash", command, "```", ""]
+
+
 def describe_fid(features):
     """One line saying which features the FID used (Inception and classifier FIDs are not comparable)."""
     if features["kind"] == "classifier":

@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -277,6 +278,8 @@ def main(argv):
             print(f"round {round_} {config.key}: {steps / wall:.1f} steps/s, {1000 * cpu / steps:.2f} cpu ms/step, "
                   f"load {_load()}", flush=True)  # fmt: skip
     pipeline["cached, after training"] = _time_pipeline(dataset, FLAGS.pipeline_seconds)
+    for config in configs:
+        shutil.rmtree(config.model_dir, ignore_errors=True)
 
     rows = []
     for config in configs:
