@@ -18,7 +18,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 
 from absl import app, flags
 
@@ -51,26 +50,6 @@ flags.DEFINE_integer("steps", 10, "Timed steps per model and round.")
 flags.DEFINE_integer("rounds", 3, "Rounds over all models.")
 flags.DEFINE_bool("jit_compile", False, "Compile the training steps with XLA.")
 flags.DEFINE_string("output", "results/cost_ratio", "Output path without extension (.md and .json are written).")
-
-
-def _step_timer():
-    import keras
-
-    class StepTimer(keras.callbacks.Callback):
-        """Wall-clock seconds of each training step (the loss is read, so the step has finished)."""
-
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            float((logs or {}).get("loss", 0.0))
-            self.seconds.append(time.perf_counter() - self.start)
-
-    return StepTimer()
 
 
 def _datasets():
@@ -107,9 +86,9 @@ def measure():
         timings[arch] = {label: [] for label in models}
         for _ in range(FLAGS.rounds):
             for label, (model, dataset) in models.items():
-                timer = _step_timer()
+                timer = training.StepTimer()
                 model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0, callbacks=[timer])
-                timings[arch][label].extend(timer.seconds)
+                timings[arch][label].extend(seconds for _, seconds in timer.rows)
         print(arch, {label: f"{1000 * statistics.median(s):.1f} ms" for label, s in timings[arch].items()})
     return timings
 

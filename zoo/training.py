@@ -276,14 +276,17 @@ class _BatchSummaries(keras.callbacks.Callback):
         self.writer.flush()
 
 
-class _StepTimer(keras.callbacks.Callback):
-    """Appends `step,seconds` to timing.csv: wall-clock seconds per training step.
+class StepTimer(keras.callbacks.Callback):
+    """Wall-clock seconds per training step, as `rows` of (step, seconds).
 
+    With a `path` (a run's timing.csv) the rows are appended to it at each
+    epoch end; without one they accumulate for the caller (the benchmarks).
     With steps_per_execution > 1 Keras reports once per execution; the row
-    then holds its last step and the mean time of its steps.
+    then holds its last step and the mean time of its steps. Reading the step
+    counter waits for the step to finish, so the time is the step's own.
     """
 
-    def __init__(self, path):
+    def __init__(self, path=None):
         super().__init__()
         self.path = path
         self.rows = []
@@ -304,6 +307,8 @@ class _StepTimer(keras.callbacks.Callback):
         self.step = step
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.path is None:
+            return
         new_file = not os.path.exists(self.path)
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
@@ -453,7 +458,7 @@ def train(
     steps_per_epoch = max(1, min(checkpoint_every, train_steps))
     epochs = math.ceil(train_steps / steps_per_epoch)
     control = _TrainingControl(checkpoint_manager(model, out_dir), train_steps, discard=not role.is_chief)
-    all_callbacks = [control, _StepTimer(os.path.join(out_dir, "timing.csv")), *callbacks]
+    all_callbacks = [control, StepTimer(os.path.join(out_dir, "timing.csv")), *callbacks]
     if role.is_chief:
         logs = os.path.join(model_dir, "logs")
         all_callbacks += [keras.callbacks.TensorBoard(logs), _BatchSummaries(os.path.join(logs, "train"), log_every)]
