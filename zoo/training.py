@@ -50,6 +50,10 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
+# Passes of `fit` in a row that may apply no step (all skipped by loss scaling) before training gives up.
+_MAX_STALLED_PASSES = 20
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
@@ -469,6 +473,7 @@ def train(
         fit = functools.partial(_multi_worker_fit, model) if is_multi_worker(strategy) else model.fit
         # One pass normally; more when a loss-scaling optimizer skipped steps (non-finite float16
         # gradients), which do not advance the step counter.
+        stalled_passes = 0
         while initial_step < train_steps and control.bad_steps is None:
             _fit_steps_per_execution(model, steps_per_epoch, train_steps - initial_step)
             dataset = make_train_data(initial_step)
@@ -483,9 +488,12 @@ def train(
                 verbose=verbose,
             )
             step = int(model.optimizer.iterations.numpy())
-            if step == initial_step:
+            # Each skipped step halves the loss scale, so a few passes always get going; a run that
+            # applies no step in many passes has gradients that are non-finite at any scale.
+            stalled_passes = stalled_passes + 1 if step == initial_step else 0
+            if stalled_passes == _MAX_STALLED_PASSES:
                 raise NonFiniteLossError(
-                    f"every gradient of a whole epoch from step {step} was non-finite; no step was applied"
+                    f"every gradient of {stalled_passes} passes from step {step} was non-finite; no step was applied"
                 )
             initial_step = step
         if control.bad_steps is not None:
