@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
 flags.DEFINE_string("output_dir", "results", "Where attacks.{json,md} and the plot go.")
 flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_attacks", "Model directories and raw evaluations.")
-flags.DEFINE_integer("train_steps", 3000, "Training steps of every model.")
+flags.DEFINE_integer("train_steps", 2000, "Training steps of every model.")
 flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
 flags.DEFINE_integer("latent_dim", 16, "Latent dimension of every model.")
 flags.DEFINE_integer("pgd_steps", 40, "L2 PGD steps of the autoencoder attacks.")
