@@ -21,6 +21,8 @@ import sys
 
 from absl import app, flags
 
+from benchmarks import runs
+
 FLAGS = flags.FLAGS
 
 # (label, registry name, extra hyper-parameters): the rows of the paper's tables.
@@ -124,12 +126,7 @@ def report(timings, command):
             "",
             *lines,
             "",
-            "Produced by:",
-            "",
-            "```bash",
-            command,
-            "```",
-            "",
+            *runs.produced_by(command),
         ]
     )
     with open(FLAGS.output + ".md", "w") as f:

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import discrete_model as dm  # noqa: E402
+from benchmarks import runs  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -159,12 +160,7 @@ def _markdown(result):
     lines = [
         "# The AVAE paper's discrete 1-D example (section 3.1, Figure 3, appendix D)",
         "",
-        "Produced by",
-        "",
-        "```bash",
-        result["command"],
-        "```",
-        "",
+        *runs.produced_by(result["command"]),
         f"Probability-table VAE on circular grids N_x = {s['n_x']}, N_z = {s['n_z']}; von Mises decoder with fixed "
         f"spread v = {s['obs_spread']}, coupling spread nu_rho = {s['nu_rho']}, uniform prior; empirical data: "
         f"{s['n_samples']} draws (data seed {s['data_seed']}) from a 3-bump von Mises mixture, binned on the X grid "

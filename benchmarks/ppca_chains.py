@@ -29,6 +29,8 @@ import numpy as np
 from absl import app, flags
 from scipy import linalg
 
+from benchmarks import runs
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("output_dir", "results", "Where ppca_chains.png, .json and .md go.")
@@ -288,12 +290,7 @@ def _markdown(result):
     lines = [
         "# Appendix B of the AVAE paper: probabilistic PCA transition kernels and encode-decode chains",
         "",
-        "Produced by",
-        "",
-        "```bash",
-        result["command"],
-        "```",
-        "",
+        *runs.produced_by(result["command"]),
         f"W: random {s['obs_dim']}x{s['latent_dim']} loadings (seed {s['seed']}, squared column norms 2, 1, ...), "
         f"observation variance v = {s['obs_var']}. {s['wall_clock_seconds']:.0f} s on this machine. "
         "Plot: [ppca_chains.png](ppca_chains.png).",
