@@ -16,6 +16,7 @@ setup(
         "tensorflow~=2.21.0",
         "keras>=3.15,<4",
         "tensorflow-probability~=0.25.0",
+        "tf-keras~=2.21.0",  # tensorflow-probability imports it at run time and does not install it
         "tensorflow-datasets~=4.9",
         "importlib_resources",  # tfds loaders need it at run time
         "absl-py",
@@ -31,13 +32,13 @@ setup(
         "orjson",
         "grpcio",
         "tensorflow-serving-api~=2.21.0",
+        "adversarial-robustness-toolbox~=1.20",  # AutoAttack (APGD-CE, APGD-DLR, Square) for the evaluation
     ],
     extras_require={
         "dev": [
             "pytest",
             "foolbox==3.3.*",  # cross-checks the project's PGD
             "tensorflow-hub",
-            "tf-keras~=2.21.0",  # hub.KerasLayer is a tf_keras layer
             "httpx",
         ],
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
