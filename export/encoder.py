@@ -25,22 +25,30 @@ None; H, W, C and D are the model's image shape and latent dimension):
 
 Images with NaN or infinite values are rejected with INVALID_ARGUMENT (HTTP
 400 from TF Serving and from `serving.server`). `assets/model_card.md` (and
-`model_card.json`) describe the model: type, training flags, dataset and,
-when the model directory holds an evaluation JSON, its robustness table.
+`model_card.json`) describe the model: type, training settings, dataset and,
+when the model directory holds the evaluation (`robustness.json`), its robustness table.
 
 The module is a thin `tf.Module` in the style of TF Model Garden's
 `export_base.py`: `tf.function`s with fixed input signatures, named
 signatures, and one `export()` call. It calls the model's own public methods
-(`posterior`, `decode`, `__call__`) and reimplements none of its maths.
+(`posterior`, `decode`, `__call__`: the interface every zoo model has) and
+reimplements none of its maths. `export.run(model_dir, export_base, model_name)`
+is what the command line calls.
 """
 
-import glob
 import json
 import os
 import shutil
 import tempfile
 
-import tensorflow as tf
+from zoo import console
+
+if __name__ == "__main__":
+    console.quiet_tensorflow()  # before TensorFlow loads
+
+import tensorflow as tf  # noqa: E402
+
+from zoo.model_dir import ModelDir  # noqa: E402
 
 MODEL_CARD = "model_card.md"
 MODEL_CARD_JSON = "model_card.json"
@@ -97,21 +105,14 @@ class EncoderExportModule(tf.Module):
     def _posterior_moments(self, images):
         model = self._model
         images = tf.debugging.assert_all_finite(images, "images must be finite (no NaN or Inf)")
-        if hasattr(model, "posterior"):
-            posterior = model.posterior(images, training=False)
-            mean, stddev = posterior.mean(), posterior.stddev()
-        else:  # a deterministic encoder: the code itself, no spread
-            mean = model(images, training=False)
-            stddev = tf.zeros_like(mean)
-        mean = tf.cast(mean, tf.float32)
+        posterior = model.posterior(images, training=False)  # a point mass for a deterministic model
+        mean = tf.cast(posterior.mean(), tf.float32)
+        stddev = posterior.stddev()
         stddev = tf.broadcast_to(tf.cast(stddev, tf.float32), tf.shape(mean))
         return mean, stddev
 
     def _decode_latents(self, latents):
-        model = self._model
-        if hasattr(model, "decode"):
-            return tf.cast(model.decode(latents, training=False), tf.float32)
-        return tf.cast(model.decoder(latents, training=False), tf.float32)
+        return tf.cast(self._model.decode(latents, training=False), tf.float32)
 
     def _decode_image(self, data):
         image = tf.io.decode_image(data, channels=self._channels, expand_animations=False, dtype=tf.float32)
@@ -165,91 +166,38 @@ def _tf_variable(variable):
 # Model card
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def find_evaluation(model_dir):
-    """(path, data) of the robustness/evaluation JSON in `model_dir`, or (None, None)."""
-    candidates = [os.path.join(model_dir, "robustness.json")]
-    for pattern in ("*robust*.json", "*eval*.json", "evaluation/*.json", "eval/*.json"):
-        candidates += sorted(glob.glob(os.path.join(model_dir, pattern)))
-    for path in candidates:
-        if os.path.isfile(path):
-            data = _read_json(path)
-            if data is not None:
-                return path, data
-    return None, None
-
-
 def _cell(value):
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
 
 
-def robustness_table(data):
-    """A markdown table of an evaluation JSON: rows of records, or key/value pairs."""
-    records = None
-    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
-        records = data
-    elif isinstance(data, dict):
-        for key in ("results", "rows", "table", "robustness"):
-            value = data.get(key)
-            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-                records = value
-                break
-    if records is not None and all(not isinstance(v, (dict, list)) for r in records for v in r.values()):
-        columns = []
-        for record in records:
-            columns += [key for key in record if key not in columns]
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_cell(record.get(c, "")) for c in columns) + " |" for record in records]
-        return "\n".join(lines)
-    pairs = _flatten_pairs(data)
-    lines = ["| metric | value |", "|---|---|"] + [f"| {_cell(k)} | {_cell(v)} |" for k, v in pairs]
+def robustness_table(evaluation):
+    """Markdown: the evaluation's adversarial accuracy (worst case over its attacks), task by radius."""
+    accuracy = evaluation.get("adversarial_accuracy") or {}
+    epsilons = sorted({epsilon for per_task in accuracy.values() for epsilon in per_task}, key=float)
+    lines = ["| task | " + " | ".join(f"eps {e}" for e in epsilons) + " |", "|---|" + "---|" * len(epsilons)]
+    for task, per_task in accuracy.items():
+        lines.append(f"| {task} | " + " | ".join(_cell(per_task.get(e, "")) for e in epsilons) + " |")
     return "\n".join(lines)
-
-
-def _flatten_pairs(data, prefix=""):
-    if isinstance(data, dict):
-        pairs = []
-        for key, value in data.items():
-            pairs += _flatten_pairs(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
-        return pairs
-    if isinstance(data, list) and any(isinstance(item, (dict, list)) for item in data):
-        pairs = []
-        for i, item in enumerate(data):
-            pairs += _flatten_pairs(item, f"{prefix}[{i}]")
-        return pairs
-    return [(prefix or "value", json.dumps(data) if isinstance(data, list) else data)]
 
 
 def model_card(model, model_dir):
     """(markdown, dict) describing the exported model."""
-    config = _read_json(os.path.join(model_dir, "config.json")) or {}
-    flags = _read_json(os.path.join(model_dir, "flags.json")) or {}
-    eval_path, evaluation = find_evaluation(model_dir)
-    model_type = getattr(model, "registry_name", None) or config.get("model") or type(model).__name__
+    directory = ModelDir(model_dir)
+    config, flags = directory.read_config(), directory.read_flags()
+    evaluation = directory.read_robustness() or None
+    model_type = model.registry_name
     card = {
         "model_type": model_type,
         "model_class": f"{type(model).__module__}.{type(model).__name__}",
         "dataset": config.get("dataset") or flags.get("dataset"),
         "image_shape": [int(d) for d in model.image_shape],
         "latent_dim": int(model.latent_dim),
-        "architecture": getattr(model, "arch", None),
-        "stddev": (
-            "posterior standard deviation (zeros for a deterministic model's point-mass posterior)"
-            if hasattr(model, "posterior")
-            else "zeros (deterministic encoder)"
-        ),
+        "architecture": model.arch,
+        "stddev": "posterior standard deviation (zeros for a deterministic model's point-mass posterior)",
         "training_flags": flags,
         "model_config": config,
-        "evaluation_file": os.path.basename(eval_path) if eval_path else None,
         "evaluation": evaluation,
         "signatures": list(SIGNATURES),
     }
@@ -279,12 +227,14 @@ def model_card(model, model_dir):
     if flags:
         lines += ["| flag | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in sorted(flags.items())]
     else:
-        lines.append("(no flags.json in the model directory)")
+        lines.append(f"(no {ModelDir.FLAGS} in the model directory)")
     lines += ["", "## Robustness", ""]
     if evaluation is not None:
-        lines += [f"From `{os.path.basename(eval_path)}`:", "", robustness_table(evaluation)]
+        lines += [f"From `{ModelDir.ROBUSTNESS}` (`python -m evaluate.robustness`): accuracy of a linear probe on "
+                  "the embedding under the worst case of the attacks run, by L-inf radius.", "",
+                  robustness_table(evaluation)]  # fmt: skip
     else:
-        lines.append("(no evaluation JSON in the model directory at export time)")
+        lines.append(f"(no {ModelDir.ROBUSTNESS} in the model directory at export time)")
     return "\n".join(lines) + "\n", card
 
 
@@ -379,12 +329,11 @@ def export(model, export_base, model_name, version=None, model_dir=None):
     return final
 
 
-def export_from_model_dir(model_dir, export_base, model_name, version=None):
-    """Loads `model_dir/model.keras` (a finished training run) and exports it."""
-    from zoo import training
+def run(model_dir, export_base, model_name, version=None):
+    """Loads the trained model in `model_dir` (a finished training run) and exports it; returns the version path."""
+    import zoo
 
-    model = training.load_model(model_dir)
-    return export(model, export_base, model_name, version=version, model_dir=model_dir)
+    return export(zoo.load(model_dir), export_base, model_name, version=version, model_dir=model_dir)
 
 
 def main(argv):
@@ -393,9 +342,10 @@ def main(argv):
     from absl import flags
 
     del argv
+    console.quiet_info_logs()
     FLAGS = flags.FLAGS
     try:
-        path = export_from_model_dir(FLAGS.model_dir, FLAGS.export_base, FLAGS.model_name, FLAGS.version)
+        path = run(FLAGS.model_dir, FLAGS.export_base, FLAGS.model_name, FLAGS.version)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"exported {FLAGS.model_name} version {os.path.basename(path)} to {path}")

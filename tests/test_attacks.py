@@ -114,12 +114,18 @@ def test_one_radius_per_example(norm):
     assert np.all(distance <= radii.numpy() + 1e-6) and distance[0] == 0.0 and np.all(distance[1:] > 0.0)
 
 
-def test_unseeded_random_start_works():
-    x = _inputs()
-    objective = _mlp_change()(x)
-    for norm in attacks.NORMS:
-        x_adv = attacks.pgd(objective, x, 0.1, steps=2, norm=norm, restarts=2)
-        assert np.all(objective(x_adv).numpy() > 0.0)
+def test_pgd_finds_the_closed_form_optimum_of_a_linear_objective():
+    # max w.x over ||d||_inf <= eps and x + d in [0, 1]: x + eps sign(w), clipped (from any start in the
+    # ball, unseeded random ones too); over ||d||_2 <= eps (away from the box): x + eps w / ||w|| (from x:
+    # from a random start, projection shrinks the start's part orthogonal to w only gradually).
+    x = tf.fill([BATCH, 4, 4, 1], 0.5) + tf.random.stateless_uniform([BATCH, 4, 4, 1], (1, 1), -0.3, 0.3)
+    w = tf.random.stateless_normal([1, 4, 4, 1], (2, 2))
+    objective = lambda v: tf.reduce_sum(tf.reshape(w * v, [BATCH, -1]), axis=-1)  # noqa: E731
+    optimum = {"linf": tf.clip_by_value(x + 0.25 * tf.sign(w), 0.0, 1.0), "l2": x + 0.15 * w / tf.norm(w)}
+    for norm, epsilon, starts in (("linf", 0.25, (False, True)), ("l2", 0.15, (False,))):
+        for random_start in starts:
+            x_adv = attacks.pgd(objective, x, epsilon, steps=20, norm=norm, restarts=2, random_start=random_start)
+            np.testing.assert_allclose(x_adv.numpy(), optimum[norm].numpy(), atol=1e-4)
 
 
 def test_fgsm_is_one_signed_step_of_size_epsilon():

@@ -14,7 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from zoo import training
+import zoo
+from train import distribute, loop
+from zoo.model_dir import ModelDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,8 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MIRRORED_SCRIPT = r"""
 import json
 import numpy as np
-from zoo import training
-training.split_cpu(2)
+from train import distribute, loop
+distribute.split_cpu(2)
 import keras, tensorflow as tf
 
 IMAGE = (28, 28, 3)
@@ -37,7 +39,7 @@ mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 out = {"replicas": mirrored.num_replicas_in_sync}
 
 def build(strategy, weights):
-    model = training.build_model("avae", strategy, learning_rate=1e-3, image_shape=IMAGE, arch="mlp", latent_dim=8)
+    model = loop.build_model("avae", strategy, learning_rate=1e-3, image_shape=IMAGE, arch="mlp", latent_dim=8)
     if weights is not None:
         model.set_weights(weights)
     return model
@@ -82,7 +84,7 @@ out["seeds"] = [t.numpy().tolist() for t in mirrored.experimental_local_results(
 out["noise"] = [t.numpy().tolist() for t in mirrored.experimental_local_results(noise)]
 
 # --jit_compile cannot compile a multi-replica step: build_model turns it off, training still runs.
-jit = training.build_model("vae", mirrored, jit_compile=True, image_shape=IMAGE, arch="mlp", latent_dim=8)
+jit = loop.build_model("vae", mirrored, jit_compile=True, image_shape=IMAGE, arch="mlp", latent_dim=8)
 out["jit_compile_under_mirrored"] = bool(jit.jit_compile)
 out["jit_history"] = jit.fit(data, steps_per_epoch=1, epochs=1, verbose=0).history
 print("RESULT " + json.dumps(out))
@@ -160,7 +162,7 @@ def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(tmp_pa
     args = [
         "-m", "train.avae", "--strategy=multi_worker", "--dataset=color_mnist", f"--data_dir={tfds_dir}",
         "--download=false", "--arch=mlp", "--latent_dim=8", "--batch_size=16", "--train_steps=6",
-        "--checkpoint_every=3", "--eval_examples=40", f"--model_dir={model_dir}",
+        "--checkpoint_every=3", "--eval_examples=40", f"--model_dir={model_dir}", "--nosummary",
     ]  # fmt: skip
     processes = []
     for index in range(2):
@@ -187,20 +189,21 @@ def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(tmp_pa
     assert "model saved in" in outputs[0][0] and "the chief saved the model" in outputs[1][0]
 
     # One set of outputs, the chief's; the other worker's temporary directory is gone.
-    assert sorted(os.listdir(model_dir)) == [
-        "checkpoints", "config.json", "flags.json", "logs", "model.keras", "timing.csv",
-    ]  # fmt: skip
-    with open(model_dir / "timing.csv") as f:
+    directory = ModelDir(model_dir)
+    assert sorted(os.listdir(model_dir)) == sorted([
+        ModelDir.CHECKPOINTS, ModelDir.CONFIG, ModelDir.FLAGS, ModelDir.LOGS, ModelDir.MODEL, ModelDir.TIMING,
+    ])  # fmt: skip
+    with open(directory.timing_file) as f:
         assert [int(row.split(",")[0]) for row in f.read().split()[1:]] == [1, 2, 3, 4, 5, 6]
-    model = training.load_model(str(model_dir))
-    assert training.weights_digest(model) == digests[0].group(1)
+    model = zoo.load(model_dir)
+    assert loop.weights_digest(model) == digests[0].group(1)
     assert int(model.optimizer.iterations.numpy()) == 6
 
 
 def test_multi_worker_without_tf_config_fails_clearly(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG"):
-        training.make_strategy("multi_worker")
+        distribute.make_strategy("multi_worker")
 
 
 def test_the_command_line_trains_mirrored_on_two_virtual_cpus(tmp_path, tfds_dir):
@@ -210,8 +213,8 @@ def test_the_command_line_trains_mirrored_on_two_virtual_cpus(tmp_path, tfds_dir
     result = _python([
         "-m", "train.avae", "--strategy=mirrored", "--virtual_cpus=2", "--dataset=color_mnist",
         f"--data_dir={tfds_dir}", "--download=false", "--arch=mlp", "--latent_dim=8", "--batch_size=16",
-        "--train_steps=4", "--checkpoint_every=2", "--eval_examples=40", f"--model_dir={model_dir}",
+        "--train_steps=4", "--checkpoint_every=2", "--eval_examples=40", f"--model_dir={model_dir}", "--nosummary",
     ])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trained avae to step 4" in result.stdout
-    assert os.path.exists(model_dir / "model.keras")
+    assert ModelDir(model_dir).has_model()

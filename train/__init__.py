@@ -1,6 +1,13 @@
-"""Training entry points: `python -m train.<model> --dataset=...`."""
+"""Training: `train.run(model, model_dir, **settings)`, and the command lines `python -m train --model=NAME`
+and `python -m train.<model>`.
 
-import os
+`run` is imported on first use, so that the command lines can quiet TensorFlow's log before it loads.
+"""
 
-# TensorFlow's C++ start-up chatter hides the progress bar; set the variable to override.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+def __getattr__(name):
+    if name in ("run", "TrainResult"):
+        from train import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'train' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 python -m train.avae_ss --init_from=<model_dir of a trained VAE> --rho=0.975
 """
 
-from train import common
+from train import cli
 
 if __name__ == "__main__":
-    common.run("avae_ss")
+    cli.main("avae_ss")

@@ -1,6 +1,6 @@
 """Trains a beta-VAE (Higgins et al. 2017, eq. 4): python -m train.beta_vae --dataset=... --beta=4"""
 
-from train import common
+from train import cli
 
 if __name__ == "__main__":
-    common.run("beta_vae")
+    cli.main("beta_vae")

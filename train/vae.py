@@ -1,6 +1,6 @@
 """Trains a VAE (eq. 2 of the AVAE paper): python -m train.vae --dataset=..."""
 
-from train import common
+from train import cli
 
 if __name__ == "__main__":
-    common.run("vae")
+    cli.main("vae")

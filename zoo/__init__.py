@@ -1,10 +1,17 @@
 """Robust representation learning zoo.
 
-Importing the package registers every model, so `keras.saving.load_model`
-can rebuild any `.keras` file the zoo wrote.
+`zoo.load(model_dir)` loads the model a training run finished; `zoo.get_model_class(name)` and
+`zoo.MODELS` give the registered models. The models register on first use of these, so importing
+`zoo` itself loads no TensorFlow and a command line can quiet TensorFlow first (`zoo.console`).
 """
 
-from zoo import registry  # noqa: F401
-from zoo.registry import MODELS, get_model_class  # noqa: F401
+_LAZY = ("MODELS", "get_model_class", "load")
 
-registry.import_all_models()
+
+def __getattr__(name):
+    if name in _LAZY:
+        from zoo import registry
+
+        registry.import_all_models()
+        return getattr(registry, name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

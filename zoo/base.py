@@ -8,21 +8,32 @@ what it optimises by implementing one hook:
   a penalty to the negative ELBO and names the terms it tracks;
 - deterministic autoencoders override `compute_losses` directly.
 
-Hyper-parameters are declared once, as a `hyperparameters` dict of defaults on
-the class (with `hyperparameter_help`, and `hyperparameter_choices` for string
-settings); `__init__`, `get_config` and the training flags all read it, and
-`check_hyperparameters` is the one place that validates them.
+Every model answers the same interface: `posterior(x)` (a TFP distribution over
+codes), `decode(z)` (mean images in [0, 1]) and `prior`; evaluation and export
+use only these and `call(x)`, the representation.
+
+Hyper-parameters are the fields of one dataclass config per model
+(`config_class`, see `zoo.config`): `__init__` builds `self.config` from them,
+which validates each value, and `get_config` and the training flags read the
+same fields. `check_hyperparameters` holds only checks that involve the
+architecture as well.
 """
+
+import dataclasses
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from zoo import maths, networks
+from zoo.config import POSITIVE, ModelConfig, setting
 
 tfd = tfp.distributions
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+# How the noise of a posterior sample is scaled: by the standard deviation (the reparameterisation of
+# N(mu, sigma^2)) or by the variance, as the public AVAE reference code does (z = mu + sigma^2 eps).
+POSTERIOR_NOISE = ("std", "variance")
 
 
 def images_of(data):
@@ -43,11 +54,7 @@ class ZooModel(keras.Model):
     `tracked_terms()`.
     """
 
-    hyperparameters = {}
-    # One line of help per hyper-parameter (the training flag's help); subclasses add their own.
-    hyperparameter_help = {}
-    # String hyper-parameters that take one of a fixed set of values.
-    hyperparameter_choices = {}
+    config_class = ModelConfig
     # Names of the scalars `compute_losses` returns besides "loss".
     base_terms = ()
     extra_terms = ()
@@ -55,14 +62,13 @@ class ZooModel(keras.Model):
     needs_data = True
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
-        hyperparameters = {name: kwargs.pop(name, default) for name, default in self.hyperparameters.items()}
-        super().__init__(**kwargs)
+        hyperparameters, keras_kwargs = self.config_class.split(kwargs)
+        super().__init__(**keras_kwargs)  # name, trainable, dtype
         self.image_shape = tuple(int(d) for d in image_shape)
         self.arch = arch
         self.latent_dim = int(latent_dim)
         self.seed = int(seed)
-        for name, value in hyperparameters.items():
-            setattr(self, name, value)
+        self.config = self.config_class(**hyperparameters)
         self.check_hyperparameters()
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.tracked_terms()}
 
@@ -71,31 +77,35 @@ class ZooModel(keras.Model):
         return ("loss",) + cls.base_terms + cls.extra_terms
 
     def check_hyperparameters(self):
-        """Raises ValueError with one clear sentence for an invalid setting."""
-
-    @classmethod
-    def describe_hyperparameter(cls, name):
-        """The help line of hyper-parameter `name`, from the most derived class that gives one."""
-        for klass in cls.__mro__:
-            text = vars(klass).get("hyperparameter_help", {}).get(name)
-            if text:
-                return text
-        return name.replace("_", " ")
+        """Raises ValueError with one clear sentence for a setting that does not fit the architecture."""
 
     @property
     def metrics(self):
         return list(self.trackers.values())
 
     def get_config(self):
-        config = {
+        return {
             "name": self.name,
             "image_shape": list(self.image_shape),
             "arch": self.arch,
             "latent_dim": self.latent_dim,
             "seed": self.seed,
+            **self.config.to_dict(),
         }
-        config.update({name: getattr(self, name) for name in self.hyperparameters})
-        return config
+
+    # The interface evaluation and export use.
+    def posterior(self, x, training=False):
+        """q(z|x) as a TFP distribution with event shape [latent_dim]."""
+        raise NotImplementedError
+
+    def decode(self, z, training=False):
+        """Mean image of p(x|z), in [0, 1]."""
+        raise NotImplementedError
+
+    @property
+    def prior(self):
+        """p(z), a TFP distribution with event shape [latent_dim]."""
+        raise NotImplementedError
 
     def noise_seed(self, salt):
         """A stateless seed for one random draw of one training step.
@@ -138,6 +148,19 @@ class ZooModel(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
 
+@dataclasses.dataclass
+class VAEConfig(ModelConfig):
+    # obs_var 0.5 is the public AVAE reference implementation's default.
+    obs_var: float = setting(
+        0.5, "Observation variance of the Gaussian likelihood (the public AVAE code's default: 0.5).", check=POSITIVE
+    )
+    likelihood: str = setting("gaussian", "Decoder likelihood.", choices=LIKELIHOODS)
+    posterior_noise: str = setting(
+        "std", "Scale of a posterior sample's noise: std (z = mu + sigma eps, the VAE's reparameterisation) or "
+        "variance (z = mu + sigma^2 eps, as the public AVAE reference code samples).", choices=POSTERIOR_NOISE,
+    )  # fmt: skip
+
+
 class BaseVAE(ZooModel):
     """Gaussian-posterior VAE; variants override `regularizer`.
 
@@ -148,13 +171,7 @@ class BaseVAE(ZooModel):
     representation downstream tasks use.
     """
 
-    # obs_var 0.5 is the public AVAE reference implementation's default.
-    hyperparameters = {"obs_var": 0.5, "likelihood": "gaussian"}
-    hyperparameter_help = {
-        "obs_var": "Observation variance of the Gaussian likelihood (the public AVAE code's default: 0.5).",
-        "likelihood": "Decoder likelihood.",
-    }
-    hyperparameter_choices = {"likelihood": LIKELIHOODS}
+    config_class = VAEConfig
     base_terms = ("log_likelihood", "kl", "elbo")
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
@@ -162,12 +179,6 @@ class BaseVAE(ZooModel):
         self.encoder = networks.build_encoder(arch, self.image_shape, self.latent_dim)
         self.decoder = networks.build_decoder(arch, self.latent_dim, self.image_shape)
         self.built = True  # the functional networks own every weight already
-
-    def check_hyperparameters(self):
-        if not self.obs_var > 0:
-            raise ValueError(f"obs_var must be positive, got {self.obs_var}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of: {', '.join(LIKELIHOODS)}")
 
     @property
     def prior(self):
@@ -185,13 +196,20 @@ class BaseVAE(ZooModel):
         return self.encoder(x, training=training)[0]
 
     def log_likelihood(self, x, logits):
-        if self.likelihood == "bernoulli":
+        if self.config.likelihood == "bernoulli":
             return maths.bernoulli_log_likelihood(x, logits)
-        return maths.gaussian_log_likelihood(x, tf.sigmoid(logits), self.obs_var)
+        return maths.gaussian_log_likelihood(x, tf.sigmoid(logits), self.config.obs_var)
+
+    def sample_posterior(self, posterior, seed):
+        """A training sample z ~ q(z|x), its noise scaled as `posterior_noise` says."""
+        if self.config.posterior_noise == "std":
+            return posterior.sample(seed=seed)
+        noise = tf.random.stateless_normal(tf.shape(posterior.mean()), seed, dtype=posterior.mean().dtype)
+        return posterior.mean() + posterior.variance() * noise
 
     def compute_losses(self, x, training):
         posterior = self.posterior(x, training=training)
-        z = posterior.sample(seed=self.noise_seed(0))
+        z = self.sample_posterior(posterior, self.noise_seed(0))
         logits = self.decoder(z, training=training)
         log_likelihood = tf.reduce_mean(self.log_likelihood(x, logits))
         kl = tf.reduce_mean(maths.gaussian_kl(posterior.mean(), posterior.variance()))

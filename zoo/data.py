@@ -51,10 +51,10 @@ def _how_to_provide(name):
     if name == "celeb_a":
         return (
             "CelebA needs a manual download: put the files tfds asks for in <data_dir>/downloads/manual "
-            "(https://www.tensorflow.org/datasets/catalog/celeb_a), then pass --data_dir=<data_dir>"
+            "(https://www.tensorflow.org/datasets/catalog/celeb_a), then give that data_dir"
         )
     return (
-        f"pass --data_dir=DIR pointing at a prepared tensorflow-datasets directory, or prepare it with "
+        f"set data_dir to a prepared tensorflow-datasets directory DIR, or prepare it with "
         f"`tfds build {name} --data_dir=DIR` on a machine with internet access"
     )
 

@@ -1,8 +1,9 @@
 """Maps model names to classes.
 
-A model registers under the name of its file (`zoo/avae.py` -> "avae"), so the
-training entry point `python -m train.avae`, the registry key and the file all
-agree; nothing in the project branches on model names.
+A model registers under the name of its file (`zoo/models/avae.py` -> "avae"),
+so `python -m train --model=avae`, the registry key and the file all agree;
+nothing in the project branches on model names. Every module of `zoo.models`
+is a model, so discovery needs no list.
 """
 
 import importlib
@@ -10,11 +11,9 @@ import pkgutil
 
 import keras
 
+from zoo.model_dir import ModelDir
+
 MODELS = {}
-
-# Modules of the zoo package that are infrastructure, not models.
-_NOT_MODELS = {"base", "registry", "maths", "networks", "data", "attacks", "training"}
-
 
 def register(name):
     """Class decorator: registers a model under `name` and as Keras-serialisable."""
@@ -31,16 +30,26 @@ def register(name):
 
 
 def import_all_models():
-    """Imports every model module in `zoo/` so each registers itself."""
-    import zoo
+    """Imports every module of `zoo.models` so each model registers itself (once; then a no-op)."""
+    from zoo import models
 
-    for info in pkgutil.iter_modules(zoo.__path__):
-        if info.name not in _NOT_MODELS and not info.name.startswith("_"):
-            importlib.import_module(f"zoo.{info.name}")
+    for info in pkgutil.iter_modules(models.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"zoo.models.{info.name}")
 
 
 def get_model_class(name):
     """Returns the class registered as `name`, or raises naming the choices."""
+    import_all_models()
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
     return MODELS[name]
+
+
+def load(model_dir):
+    """The trained model in `model_dir` (its `model.keras`); FileNotFoundError when there is none."""
+    import_all_models()  # the classes must be registered to deserialise
+    directory = ModelDir(model_dir)
+    if not directory.has_model():
+        raise FileNotFoundError(f"no trained model in {directory.path!r} (expected {directory.model_file})")
+    return keras.saving.load_model(directory.model_file)

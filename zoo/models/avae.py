@@ -10,21 +10,23 @@ the first in closed form for the two diagonal Gaussians. Because x~ is
 stopped, these terms train the encoder only, never the decoder.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from zoo import base, maths, registry
+from zoo.config import COUPLING, setting
+
+
+@dataclasses.dataclass
+class AVAEConfig(base.VAEConfig):
+    rho: float = setting(0.975, "Coupling strength between a code and its delusion's code.", check=COUPLING)
 
 
 @registry.register("avae")
 class AVAE(base.BaseVAE):
-    hyperparameters = {**base.BaseVAE.hyperparameters, "rho": 0.975}
-    hyperparameter_help = {"rho": "Coupling strength between a code and its delusion's code, in (-1, 1)."}
+    config_class = AVAEConfig
     extra_terms = ("coupling_log_prob", "delusion_entropy")
-
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not -1.0 < self.rho < 1.0:
-            raise ValueError(f"rho must lie in (-1, 1), got {self.rho}")
 
     def regularizer(self, x, posterior, z, reconstruction, training):
         delusion = tf.stop_gradient(reconstruction)  # decoder(z), as in Algorithm 1
@@ -35,7 +37,7 @@ class AVAE(base.BaseVAE):
                 posterior.variance(),
                 delusion_posterior.mean(),
                 delusion_posterior.variance(),
-                self.rho,
+                self.config.rho,
             )
         )
         entropy = tf.reduce_mean(delusion_posterior.entropy())

@@ -18,7 +18,8 @@ the batch size, and `compute_losses` draws that many prior samples.
 
 import tensorflow as tf
 
-from zoo import avae, maths, registry
+from zoo import maths, registry
+from zoo.models import avae
 
 _PRIOR_SALT = 2  # noise_seed salt of z'' ~ p(z) (0 is the posterior sample)
 

@@ -21,11 +21,14 @@ Choices where the paper is silent (its appendix is not in our copy):
 - Validation (`test_step`) evaluates the same objective, latent noise included.
 """
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from zoo import base, maths, registry
+from zoo.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ModelConfig, setting
 
 tfd = tfp.distributions
 
@@ -39,32 +42,31 @@ def mixture_means(num_modes, latent_dim, distance):
     return (vertices - vertices.mean(axis=0)) * distance / np.sqrt(2.0)
 
 
+@dataclasses.dataclass
+class GMMDAEConfig(ModelConfig):
+    num_modes: int = setting(10, "Modes K of the Gaussian-mixture prior (at most 2 * latent_dim).", check=AT_LEAST_ONE)
+    mode_distance: float = setting(6.0, "Distance between mixture means (modes have unit variance).", check=POSITIVE)
+    latent_noise: float = setting(1.0, "Std of the noise added to codes before decoding.", check=NON_NEGATIVE)
+    rec_weight: float = setting(1.0, "Weight lambda_REC of the reconstruction loss.", check=POSITIVE)
+
+
 @registry.register("gmm_dae")
 class GMMDAE(base.BaseDAE):
-    hyperparameters = {"num_modes": 10, "mode_distance": 6.0, "latent_noise": 1.0, "rec_weight": 1.0}
-    hyperparameter_help = {
-        "num_modes": "Modes K of the Gaussian-mixture prior (at most 2 * latent_dim).",
-        "mode_distance": "Distance between mixture means (modes have unit variance).",
-        "latent_noise": "Std of the noise added to codes before decoding.",
-        "rec_weight": "Weight lambda_REC of the reconstruction loss.",
-    }
+    config_class = GMMDAEConfig
     extra_terms = ("ks_loss", "cov_loss")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        means = mixture_means(self.num_modes, self.latent_dim, self.mode_distance).astype(np.float32)
+        num_modes = self.config.num_modes
+        means = mixture_means(num_modes, self.latent_dim, self.config.mode_distance).astype(np.float32)
         # (means [K, D], standard deviations [K, D], weights [K]): the arguments of the maths functions.
-        self.mixture = (means, np.ones_like(means), np.full([self.num_modes], 1.0 / self.num_modes, np.float32))
+        self.mixture = (means, np.ones_like(means), np.full([num_modes], 1.0 / num_modes, np.float32))
 
     def check_hyperparameters(self):
-        if not 1 <= self.num_modes <= 2 * self.latent_dim:
-            raise ValueError(f"num_modes must lie in [1, 2 * latent_dim = {2 * self.latent_dim}], got {self.num_modes}")
-        if not self.mode_distance > 0:
-            raise ValueError(f"mode_distance must be positive, got {self.mode_distance}")
-        if not self.latent_noise >= 0:
-            raise ValueError(f"latent_noise must be non-negative, got {self.latent_noise}")
-        if not self.rec_weight > 0:
-            raise ValueError(f"rec_weight must be positive, got {self.rec_weight}")
+        if self.config.num_modes > 2 * self.latent_dim:
+            raise ValueError(
+                f"num_modes must be at most 2 * latent_dim = {2 * self.latent_dim}, got {self.config.num_modes}"
+            )
 
     @property
     def mixture_covariance(self):
@@ -77,11 +79,11 @@ class GMMDAE(base.BaseDAE):
 
     def compute_losses(self, x, training):
         z = self.encoder(x, training=training)
-        noise = self.latent_noise * tf.random.stateless_normal(tf.shape(z), self.noise_seed(0))
+        noise = self.config.latent_noise * tf.random.stateless_normal(tf.shape(z), self.noise_seed(0))
         reconstruction = self.reconstruction_error(x, z + noise, training=training)
         ks, cov, extra = self.regularisers(x, z, training)
         ks_weight, cov_weight = self.loss_weights(tf.shape(z)[0])
-        loss = self.rec_weight * reconstruction + ks_weight * ks + cov_weight * cov
+        loss = self.config.rec_weight * reconstruction + ks_weight * ks + cov_weight * cov
         return {"loss": loss, "reconstruction": reconstruction, "ks_loss": ks, "cov_loss": cov, **extra}
 
     def regularisers(self, x, z, training):

@@ -11,33 +11,35 @@ Eq. (35) adds to the ELBO
 each coupling expectation in closed form for the factorised pair, as eq. (35) writes it.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
-from zoo import avae, maths, registry, se
+from zoo import maths, registry
+from zoo.config import COUPLING, setting
+from zoo.models import avae, se
+
+
+@dataclasses.dataclass
+class SEAVAEConfig(avae.AVAEConfig, se.SelectionConfig):
+    # Defaults: the AVAE's rho and the paper's rho_SE = 0.95 (its Figure 9 also shows 0.97 / 0.975).
+    rho_se: float = setting(
+        0.95, "Coupling strength between a code and its PGD-selected input's code.", check=COUPLING
+    )
 
 
 @registry.register("se_avae")
 class SEAVAE(avae.AVAE):
-    # Defaults: the AVAE's rho and the paper's rho_SE = 0.95 (its Figure 9 also shows 0.97 / 0.975).
-    hyperparameters = {**avae.AVAE.hyperparameters, "rho_se": 0.95, **se.SELECTION_HYPERPARAMETERS}
-    hyperparameter_help = {
-        "rho_se": "Coupling strength between a code and its PGD-selected input's code, in (-1, 1).",
-        **se.SELECTION_HELP,
-    }
+    config_class = SEAVAEConfig
     extra_terms = avae.AVAE.extra_terms + ("se_coupling_log_prob", "adversarial_entropy")
-
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not -1.0 < self.rho_se < 1.0:
-            raise ValueError(f"rho_se must lie in (-1, 1), got {self.rho_se}")
-        se.check_selection(self)
 
     def regularizer(self, x, posterior, z, reconstruction, training):
         penalty, terms = super().regularizer(x, posterior, z, reconstruction, training)
-        adversarial = self.posterior(se.select(self, x, self.rho_se), training=training)
+        rho_se = self.config.rho_se
+        adversarial = self.posterior(se.select(self, x, rho_se), training=training)
         coupling = tf.reduce_mean(
             maths.coupling_log_prob(
-                posterior.mean(), posterior.variance(), adversarial.mean(), adversarial.variance(), self.rho_se
+                posterior.mean(), posterior.variance(), adversarial.mean(), adversarial.variance(), rho_se
             )
         )
         entropy = tf.reduce_mean(maths.gaussian_entropy(adversarial.variance()))

@@ -11,25 +11,30 @@ covariance of [z, z_adv] is pulled to [[S, alpha S], [alpha S, S]] (eq. 10) with
 The default alpha = 0.9 is our choice: the paper warns that alpha = 1 costs fidelity but gives no value.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
-from zoo import augmented_gmm_dae, maths, registry
+from zoo import maths, registry
+from zoo.config import CORRELATION, setting
+from zoo.models import augmented_gmm_dae
+
+
+@dataclasses.dataclass
+class RobustGMMDAEConfig(augmented_gmm_dae.AugmentedGMMDAEConfig):
+    alpha: float = setting(
+        0.9, "Coupling of codes and adversarial codes in the covariance target.", check=CORRELATION
+    )
 
 
 @registry.register("robust_gmm_dae")
 class RobustGMMDAE(augmented_gmm_dae.AugmentedGMMDAE):
-    hyperparameters = {**augmented_gmm_dae.AugmentedGMMDAE.hyperparameters, "alpha": 0.9}
-    hyperparameter_help = {"alpha": "Coupling of codes and adversarial codes in the covariance target, in [-1, 1]."}
+    config_class = RobustGMMDAEConfig
     extra_terms = augmented_gmm_dae.AugmentedGMMDAE.extra_terms + ("two_sample_ks",)
-
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not -1.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [-1, 1], got {self.alpha}")
 
     def paired_regularisers(self, z, z_adv):
         augmented_ks, _, _ = super().paired_regularisers(z, z_adv)
         two_sample = maths.two_sample_ks_loss(z, z_adv, *self.mixture)
-        target = maths.coupled_covariance(self.mixture_covariance, self.alpha)
+        target = maths.coupled_covariance(self.mixture_covariance, self.config.alpha)
         cov = maths.covariance_loss(tf.concat([z, z_adv], axis=-1), target)
         return 2.0 / 3.0 * augmented_ks + 1.0 / 3.0 * two_sample, cov, {"two_sample_ks": two_sample}

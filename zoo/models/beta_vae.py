@@ -5,21 +5,23 @@ Loss = -<log p(x|z)> + beta KL(q(z|x) || p(z)) = -ELBO + (beta - 1) KL, so the r
 (the robust GMM-DAE paper, which compares against it, does not give its beta).
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from zoo import base, maths, registry
+from zoo.config import NON_NEGATIVE, setting
+
+
+@dataclasses.dataclass
+class BetaVAEConfig(base.VAEConfig):
+    beta: float = setting(4.0, "Weight of the KL term (1: the VAE).", check=NON_NEGATIVE)
 
 
 @registry.register("beta_vae")
 class BetaVAE(base.BaseVAE):
-    hyperparameters = {**base.BaseVAE.hyperparameters, "beta": 4.0}
-    hyperparameter_help = {"beta": "Weight of the KL term (1: the VAE)."}
-
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
+    config_class = BetaVAEConfig
 
     def regularizer(self, x, posterior, z, reconstruction, training):
         kl = tf.reduce_mean(maths.gaussian_kl(posterior.mean(), posterior.variance()))
-        return (self.beta - 1.0) * kl, {}
+        return (self.config.beta - 1.0) * kl, {}

@@ -14,11 +14,14 @@ mean image sigmoid(logits) is c/4-Lipschitz). The networks are the `mlp` arch's 
 dense only: `--arch` must be `mlp`.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 from keras import layers
 
 from zoo import base, registry
+from zoo.config import POSITIVE, setting
 
 _HIDDEN = 200
 _TINY = 1e-12
@@ -107,21 +110,20 @@ def lipschitz_decoder(latent_dim, image_shape, lipschitz):
     return keras.Model(latents, layers.Reshape(image_shape)(logits), name="decoder")
 
 
+@dataclasses.dataclass
+class LipschitzVAEConfig(base.VAEConfig):
+    lipschitz: float = setting(10.0, "L2 Lipschitz bound of the encoder and decoder maps.", check=POSITIVE)
+
+
 @registry.register("lipschitz_vae")
 class LipschitzVAE(base.BaseVAE):
-    hyperparameters = {**base.BaseVAE.hyperparameters, "lipschitz": 10.0}
-    hyperparameter_help = {"lipschitz": "L2 Lipschitz bound of the encoder and decoder maps."}
+    config_class = LipschitzVAEConfig
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
         # BaseVAE.__init__ would build the `--arch` networks; these are the model's own.
         base.ZooModel.__init__(self, image_shape=image_shape, arch=arch, latent_dim=latent_dim, seed=seed, **kwargs)
         if arch != "mlp":
-            raise ValueError(f"lipschitz_vae has Lipschitz dense networks only: use --arch=mlp, not {arch!r}")
-        self.encoder = lipschitz_encoder(self.image_shape, self.latent_dim, self.lipschitz)
-        self.decoder = lipschitz_decoder(self.latent_dim, self.image_shape, self.lipschitz)
+            raise ValueError(f"lipschitz_vae has Lipschitz dense networks only: use arch 'mlp', not {arch!r}")
+        self.encoder = lipschitz_encoder(self.image_shape, self.latent_dim, self.config.lipschitz)
+        self.decoder = lipschitz_decoder(self.latent_dim, self.image_shape, self.config.lipschitz)
         self.built = True
-
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not self.lipschitz > 0:
-            raise ValueError(f"lipschitz must be positive, got {self.lipschitz}")

@@ -16,24 +16,32 @@ cross-covariance psi and the joint entropy, less the entropy the ELBO already ho
 the extra terms train the encoder only, never the decoder.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from zoo import attacks, base, maths, registry
+from zoo.config import AT_LEAST_ONE, COUPLING, NON_NEGATIVE, ModelConfig, setting
 
-# Hyper-parameters of the selection step, shared with SE-AVAE.
-SELECTION_HYPERPARAMETERS = {"se_epsilon": 0.1, "pgd_steps": 5}
-SELECTION_HELP = {
-    "se_epsilon": "L-inf radius of the PGD selection (the paper's SE_0.1, SE_0.2).",
-    "pgd_steps": "PGD steps of the selection (the paper's SE^5, SE^20).",
-}
 _SELECTION_SALT = 1  # noise_seed salt of the PGD random start (0 is the posterior sample)
 
 
-def check_selection(model):
-    if not model.se_epsilon >= 0:
-        raise ValueError(f"se_epsilon must be non-negative, got {model.se_epsilon}")
-    if not model.pgd_steps >= 1:
-        raise ValueError(f"pgd_steps must be at least 1, got {model.pgd_steps}")
+@dataclasses.dataclass
+class SelectionConfig(ModelConfig):
+    """Hyper-parameters of the PGD selection step, shared with SE-AVAE."""
+
+    se_epsilon: float = setting(
+        0.1, "L-inf radius of the PGD selection (the paper's SE_0.1, SE_0.2).", check=NON_NEGATIVE
+    )
+    pgd_steps: int = setting(5, "PGD steps of the selection (the paper's SE^5, SE^20).", check=AT_LEAST_ONE)
+
+
+@dataclasses.dataclass
+class SEConfig(base.VAEConfig, SelectionConfig):
+    # rho 0.95 is the paper's rho_SE; SE^5 (5 PGD steps) at radius 0.1 is its SE_0.1 on CelebA.
+    rho: float = setting(
+        0.95, "Coupling strength between a code and its PGD-selected input's code.", check=COUPLING
+    )
 
 
 def select(model, x, rho):
@@ -52,32 +60,26 @@ def select(model, x, rho):
         return -coupling - maths.gaussian_entropy(z_prime_var)
 
     return attacks.pgd(
-        change_of_representation, x, model.se_epsilon, model.pgd_steps, seed=model.noise_seed(_SELECTION_SALT)
+        change_of_representation,
+        x,
+        model.config.se_epsilon,
+        model.config.pgd_steps,
+        seed=model.noise_seed(_SELECTION_SALT),
     )
 
 
 @registry.register("se")
 class SE(base.BaseVAE):
-    # rho 0.95 is the paper's rho_SE; SE^5 (5 PGD steps) at radius 0.1 is its SE_0.1 on CelebA.
-    hyperparameters = {**base.BaseVAE.hyperparameters, "rho": 0.95, **SELECTION_HYPERPARAMETERS}
-    hyperparameter_help = {
-        "rho": "Coupling strength between a code and its PGD-selected input's code, in (-1, 1).",
-        **SELECTION_HELP,
-    }
+    config_class = SEConfig
     extra_terms = ("coupling_log_prob", "joint_entropy")
 
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not -1.0 < self.rho < 1.0:
-            raise ValueError(f"rho must lie in (-1, 1), got {self.rho}")
-        check_selection(self)
-
     def regularizer(self, x, posterior, z, reconstruction, training):
-        adversarial = self.posterior(select(self, x, self.rho), training=training)
+        rho = self.config.rho
+        adversarial = self.posterior(select(self, x, rho), training=training)
         z_var, z_prime_var = posterior.variance(), adversarial.variance()
-        psi = maths.coupling_cross_cov(z_var, z_prime_var, self.rho)
+        psi = maths.coupling_cross_cov(z_var, z_prime_var, rho)
         coupling = tf.reduce_mean(
-            maths.coupling_log_prob(posterior.mean(), z_var, adversarial.mean(), z_prime_var, self.rho, psi)
+            maths.coupling_log_prob(posterior.mean(), z_var, adversarial.mean(), z_prime_var, rho, psi)
         )
         joint_entropy = tf.reduce_mean(maths.joint_gaussian_entropy(z_var, z_prime_var, psi))
         entropy = tf.reduce_mean(maths.gaussian_entropy(z_var))

@@ -14,24 +14,25 @@ defaults epsilon = 0.1 and step_size = 1.25 epsilon follow FGSM-with-random-star
 (Wong et al., ICLR 2020), the paper giving no training values.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
-from zoo import attacks, gmm_dae, maths, registry
+from zoo import attacks, maths, registry
+from zoo.config import POSITIVE, setting
+from zoo.models import gmm_dae
+
+
+@dataclasses.dataclass
+class AugmentedGMMDAEConfig(gmm_dae.GMMDAEConfig):
+    epsilon: float = setting(0.1, "L-inf radius of the FGSM attack on the codes.", check=POSITIVE)
+    step_size: float = setting(0.125, "FGSM step from the random start.", check=POSITIVE)
 
 
 @registry.register("augmented_gmm_dae")
 class AugmentedGMMDAE(gmm_dae.GMMDAE):
-    hyperparameters = {**gmm_dae.GMMDAE.hyperparameters, "epsilon": 0.1, "step_size": 0.125}
-    hyperparameter_help = {
-        "epsilon": "L-inf radius of the FGSM attack on the codes.",
-        "step_size": "FGSM step from the random start.",
-    }
+    config_class = AugmentedGMMDAEConfig
     extra_terms = gmm_dae.GMMDAE.extra_terms + ("adversarial_shift",)
-
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not (self.epsilon > 0 and self.step_size > 0):
-            raise ValueError(f"epsilon and step_size must be positive, got {self.epsilon} and {self.step_size}")
 
     def adversarial_codes(self, x, training):
         """Codes of FGSM inputs maximising the code shift (eq. 6); gradients reach the encoder only."""
@@ -41,7 +42,12 @@ class AugmentedGMMDAE(gmm_dae.GMMDAE):
             return tf.reduce_sum(tf.square(self.encoder(x_adv, training=False) - clean), axis=-1)
 
         x_adv = attacks.fgsm(
-            code_shift, x, self.epsilon, step_size=self.step_size, random_start=True, seed=self.noise_seed(1)
+            code_shift,
+            x,
+            self.config.epsilon,
+            step_size=self.config.step_size,
+            random_start=True,
+            seed=self.noise_seed(1),
         )
         return self.encoder(x_adv, training=training)
 

@@ -8,25 +8,26 @@ size N weights each example's own posterior (1/N) against the others'; `python -
 fills `dataset_size` with the size of the training split (0: the infinite-dataset limit).
 """
 
+import dataclasses
+
 from zoo import base, maths, registry
+from zoo.config import NON_NEGATIVE, setting
+
+
+@dataclasses.dataclass
+class BetaTCVAEConfig(base.VAEConfig):
+    beta: float = setting(4.0, "Weight of the total-correlation part of the KL (1: the VAE).", check=NON_NEGATIVE)
+    dataset_size: int = setting(
+        0, "Training-set size N of the TC estimator (0: the infinite-dataset limit); training fills in the "
+        "training split's size when it is 0.", check=NON_NEGATIVE,
+    )  # fmt: skip
 
 
 @registry.register("beta_tcvae")
 class BetaTCVAE(base.BaseVAE):
-    hyperparameters = {**base.BaseVAE.hyperparameters, "beta": 4.0, "dataset_size": 0}
-    hyperparameter_help = {
-        "beta": "Weight of the total-correlation part of the KL (1: the VAE).",
-        "dataset_size": "Training-set size N of the TC estimator; 0: that of --dataset.",
-    }
+    config_class = BetaTCVAEConfig
     extra_terms = ("total_correlation",)
 
-    def check_hyperparameters(self):
-        super().check_hyperparameters()
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
-        if self.dataset_size < 0:
-            raise ValueError(f"dataset_size must be >= 0 (0: infinite), got {self.dataset_size}")
-
     def regularizer(self, x, posterior, z, reconstruction, training):
-        tc = maths.total_correlation(z, posterior.mean(), posterior.variance(), int(self.dataset_size))
-        return (self.beta - 1.0) * tc, {"total_correlation": tc}
+        tc = maths.total_correlation(z, posterior.mean(), posterior.variance(), self.config.dataset_size)
+        return (self.config.beta - 1.0) * tc, {"total_correlation": tc}

@@ -1,0 +1,89 @@
+"""Where training runs: `tf.distribute` strategies and each process's role in a cluster."""
+
+import collections
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+
+def split_cpu(virtual_cpus):
+    """Splits the host CPU into `virtual_cpus` logical devices (before TF initialises)."""
+    if virtual_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * virtual_cpus)
+
+
+def make_strategy(name):
+    """A `tf.distribute` strategy by name; `auto` mirrors when several GPUs are visible.
+
+    `multi_worker` reads the cluster from the TF_CONFIG environment variable;
+    create it first thing in the program, before any other TensorFlow work.
+    """
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                "strategy multi_worker needs the TF_CONFIG environment variable describing the cluster "
+                "and this worker's task (see the README, 'Several machines')"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy([d.name for d in gpus] if gpus else [d.name for d in cpus])
+    raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+
+
+def is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+WorkerRole = collections.namedtuple("WorkerRole", ["is_chief", "task_type", "task_id"])
+
+
+def worker_role(strategy):
+    """This process's place in the cluster; a single-process strategy is its own chief.
+
+    The chief is the task of type "chief", or worker 0 when the cluster names no chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None) if is_multi_worker(strategy) else None
+    if resolver is None or not resolver.task_type:
+        return WorkerRole(True, None, 0)
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return WorkerRole(is_chief, task_type, task_id)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+def auto_precision():
+    """The fastest compute precision that is safe on the devices found.
+
+    bfloat16 has float32's exponent range, so it needs no loss scaling: GPUs of compute capability 8 and
+    later (Ampere, Hopper) and CPUs with AMX compute it natively. Older GPUs get float16 with loss
+    scaling. Elsewhere (CPUs without AMX, where bfloat16 is emulated and slower) float32.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        if capability >= (8, 0):
+            return "mixed_bfloat16"
+        return "mixed_float16" if capability >= (7, 0) else "float32"
+    return "mixed_bfloat16" if "amx_bf16" in _cpu_flags() else "float32"
+
+
+def worker_model_dir(model_dir, role):
+    """Where this worker writes: the model directory for the chief, a temporary one inside it otherwise."""
+    return model_dir if role.is_chief else model_dir.worker_dir(role.task_type, role.task_id)

@@ -1,0 +1,99 @@
+"""A quick robustness check of the encoder being trained: the end-of-training summary and the curve.
+
+The evaluation protocol in small (`evaluate.probes`, `zoo.attacks.pgd`): a linear probe fitted on the
+encoder mean of a fixed subset of training images, then its clean accuracy and its accuracy under
+end-to-end L-inf PGD on a fixed subset of test images. It costs seconds, so training can print it at
+the end and, with `robustness_every`, log it as it goes (TensorBoard and `robustness_curve.csv`), the
+AVAE paper's Figure 5 middle column. `python -m evaluate.robustness` is the full protocol.
+"""
+
+import csv
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from evaluate import probes, worst_case
+from zoo import data as zoo_data
+
+PROBE_EXAMPLES = 2000  # training images the probe is fitted on
+TEST_EXAMPLES = 500  # test images it is measured on
+PGD_STEPS = 10
+
+
+def load_check_data(dataset, data_dir, download, probe_examples=PROBE_EXAMPLES, test_examples=TEST_EXAMPLES):
+    """(task, num_classes, train images, train labels, test images, test labels), or None without labels.
+
+    The task is the dataset's first (ColorMNIST: digit); the subsets are the first examples of each split,
+    so every check of a run, and of every run, sees the same images.
+    """
+    spec = zoo_data.get_spec(dataset)
+    if not spec.tasks:
+        return None
+    task, classes = next(iter(spec.tasks.items()))
+
+    def arrays(split, n):
+        images, labels = [], []
+        for x, y in zoo_data.load(dataset, split, 256, data_dir=data_dir, take=n, download=download):
+            images.append(x.numpy())
+            labels.append(y[task].numpy())
+        return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+    return (task, classes, *arrays("train", probe_examples), *arrays("test", test_examples))
+
+
+def quick_robustness(encode_mean, check_data, epsilons, pgd_steps=PGD_STEPS, seed=0):
+    """{"task", "clean", "pgd": {epsilon: accuracy}, "examples", "seconds"} of a fresh linear probe."""
+    started = time.perf_counter()
+    task, classes, train_images, train_labels, test_images, test_labels = check_data
+    features = probes.encode_in_batches(encode_mean, train_images, 256)
+    w, b = (tf.constant(v) for v in probes.train_linear_probe(features, train_labels, classes, seed=seed))
+    logits_fn = probes.probe_logits(encode_mean, w, b)
+    x, y = tf.constant(test_images), tf.constant(test_labels)
+    clean = float(np.mean(np.argmax(logits_fn(x).numpy(), axis=-1) == test_labels))
+    pgd_correct = worst_case.make_pgd_correct(logits_fn, pgd_steps, restarts=1)
+    pgd = {
+        float(epsilon): float(np.mean(pgd_correct(x, y, tf.constant(epsilon, tf.float32), tf.constant([seed, i]))))
+        for i, epsilon in enumerate(epsilons)
+    }
+    return {"task": task, "clean": clean, "pgd": pgd, "examples": len(test_images),
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def _encode_mean(model):
+    return lambda x: model(x, training=False)
+
+
+class RobustnessMonitor(keras.callbacks.Callback):
+    """Every `every` optimizer steps: the quick check, to TensorBoard (`robustness/...`) and a CSV."""
+
+    def __init__(self, check_data, epsilons, every, csv_path, log_dir, pgd_steps=PGD_STEPS, seed=0):
+        super().__init__()
+        self.check_data, self.epsilons, self.every = check_data, tuple(epsilons), every
+        self.csv_path, self.log_dir, self.pgd_steps, self.seed = csv_path, log_dir, pgd_steps, seed
+        self.writer = None
+
+    def on_train_begin(self, logs=None):
+        self.writer = self.writer or tf.summary.create_file_writer(self.log_dir)
+        self.last = int(self.model.optimizer.iterations.numpy()) // self.every
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step // self.every <= self.last:
+            return
+        self.last = step // self.every
+        result = quick_robustness(_encode_mean(self.model), self.check_data, self.epsilons, self.pgd_steps, self.seed)
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("robustness/clean_accuracy", result["clean"])
+            for epsilon, accuracy in result["pgd"].items():
+                tf.summary.scalar(f"robustness/pgd_accuracy_eps_{epsilon:g}", accuracy)
+        self.writer.flush()
+        new_file = not os.path.exists(self.csv_path)
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow(["step", "task", "clean", *(f"pgd_eps_{e:g}" for e in self.epsilons), "seconds"])
+            writer.writerow([step, result["task"], f"{result['clean']:.4f}",
+                             *(f"{result['pgd'][float(e)]:.4f}" for e in self.epsilons), f"{result['seconds']:.2f}"])  # fmt: skip

@@ -1,0 +1,167 @@
+"""`train.run`: one training run from explicit settings, what every `python -m train...` calls."""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+import zoo
+from train import distribute, loop, robustness_check
+from train.settings import TrainSettings
+from zoo import data as zoo_data
+from zoo.model_dir import ModelDir
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    model_dir: ModelDir
+    step: int
+    weights_digest: str
+    is_chief: bool
+    # What the end-of-training summary measured (`train.summary`); None when it was not asked for.
+    summary: dict = None
+
+
+def _split_options(model_class, options):
+    """(TrainSettings, the model's hyper-parameters) from `run`'s keyword arguments."""
+    settings, rest = TrainSettings.split(options)
+    hyperparameters, unknown = model_class.config_class.split(rest)
+    if unknown:
+        known = ", ".join(field.name for field in model_class.config_class.fields()) or "none"
+        raise ValueError(
+            f"unknown setting(s) {', '.join(sorted(unknown))} for model {model_class.registry_name!r} "
+            f"(its hyper-parameters: {known}; training settings: {', '.join(f.name for f in TrainSettings.fields())})"
+        )
+    return TrainSettings(**settings), hyperparameters
+
+
+def _train_size(settings):
+    """Examples in the training split, for estimators that need it (beta_tcvae's total correlation)."""
+    size = int(zoo_data.get_spec(settings.dataset).load("train", settings.data_dir, settings.download).cardinality())
+    if size < 1:
+        raise ValueError(f"the size of the {settings.dataset} training split is unknown: give dataset_size")
+    return size
+
+
+def _init_source(model_name, model_class, settings):
+    """The trained model `init_from` names, or None; a model that reads no data must have one."""
+    if not settings.init_from:
+        if not model_class.needs_data:
+            raise ValueError(f"{model_name} reads no data, it post-trains a trained model: give init_from=<its model_dir>")
+        return None
+    try:
+        return zoo.load(settings.init_from)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"init_from: {error}") from None
+
+
+def _shapes(model_class, source, settings):
+    """(image_shape, arch, latent_dim): the `init_from` model's if any, else the dataset's and the settings'."""
+    if source is not None:
+        shapes = (tuple(source.image_shape), source.arch, source.latent_dim)
+        if not model_class.needs_data:
+            return shapes
+    spec = zoo_data.get_spec(settings.dataset)
+    if source is None:
+        return tuple(spec.image_shape), settings.arch or spec.default_arch, settings.latent_dim
+    if shapes[0] != tuple(spec.image_shape):
+        raise ValueError(f"the init_from model takes {shapes[0]} images, dataset {settings.dataset} has {spec.image_shape}")
+    return shapes
+
+
+def run(model, model_dir, verbose="auto", **options):
+    """Trains the registered model `model` into `model_dir`, resuming from its checkpoints.
+
+    `options` are the fields of `TrainSettings` (dataset, arch, train_steps, ...) and the model's
+    hyper-parameters (e.g. rho), by name; `verbose` is Keras' (0: no progress bar). Raises ValueError (bad settings), ModelDirError,
+    DataUnavailableError or NonFiniteLossError with one clear sentence; nothing is written to
+    `model_dir` before the settings are checked. Returns a `TrainResult`.
+    """
+    model_class = zoo.get_model_class(model)
+    settings, hyperparameters = _split_options(model_class, options)
+    distribute.split_cpu(settings.virtual_cpus)
+    # First: MultiWorkerMirroredStrategy must exist before other TensorFlow work.
+    strategy = distribute.make_strategy(settings.strategy)
+    role = distribute.worker_role(strategy)  # only the chief writes into model_dir
+    keras.utils.set_random_seed(settings.seed)
+    replicas = strategy.num_replicas_in_sync
+    if settings.batch_size % replicas:
+        raise ValueError(
+            f"batch_size {settings.batch_size} is not divisible by the {replicas} replicas of strategy "
+            f"{settings.strategy!r}"
+        )
+    if settings.precision == "auto":
+        settings = dataclasses.replace(settings, precision=distribute.auto_precision())
+
+    source = _init_source(model, model_class, settings)
+    image_shape, arch, latent_dim = _shapes(model_class, source, settings)
+    if hyperparameters.get("dataset_size", None) == 0 and model_class.needs_data:
+        hyperparameters["dataset_size"] = _train_size(settings)  # 0 asks for the training split's size
+    model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}
+    # The model checks its hyper-parameters before anything is written to model_dir.
+    keras_model = loop.build_model(
+        model, strategy, learning_rate=settings.learning_rate, jit_compile=settings.jit_compile,
+        steps_per_execution=settings.steps_per_execution, precision=settings.precision,
+        **model_kwargs, **hyperparameters,
+    )  # fmt: skip
+    dataset = settings.dataset if model_class.needs_data else None
+    config = {
+        "model": model, "dataset": dataset, "init_from": settings.init_from,
+        **keras_model.get_config(), "image_shape": list(image_shape),
+    }  # fmt: skip
+    config.pop("name")
+    directory = ModelDir(model_dir)
+    directory.prepare(config, flags=dataclasses.asdict(settings), write=role.is_chief)
+    if source is not None:  # a resumed run then restores its own checkpoint over these weights
+        keras_model.set_weights(source.get_weights())
+
+    def make_train_data(initial_step):
+        if not model_class.needs_data:  # batches that carry only the batch size: the model draws its inputs
+            return tf.data.Dataset.from_tensors(tf.zeros([0])).repeat().batch(settings.batch_size, drop_remainder=True)
+        return zoo_data.load(
+            settings.dataset, "train", settings.batch_size, data_dir=settings.data_dir, shuffle=True,
+            seed=settings.seed + initial_step, repeat=True, drop_remainder=True, download=settings.download,
+        )  # fmt: skip
+
+    validation = None
+    if settings.eval_examples and model_class.needs_data:
+        validation = zoo_data.load(
+            settings.dataset, "test", settings.batch_size, data_dir=settings.data_dir, take=settings.eval_examples,
+            download=settings.download,
+        )  # fmt: skip
+    check_data = None
+    if role.is_chief and model_class.needs_data and (settings.robustness_every or settings.summary):
+        check_data = robustness_check.load_check_data(settings.dataset, settings.data_dir, settings.download)
+    callbacks = []
+    if settings.robustness_every and check_data is not None:
+        callbacks.append(robustness_check.RobustnessMonitor(
+            check_data, settings.epsilons, settings.robustness_every, directory.robustness_curve_file,
+            f"{directory.log_dir}/robustness", seed=settings.seed,
+        ))  # fmt: skip
+    loop.train(
+        keras_model, make_train_data, directory.path, settings.train_steps, checkpoint_every=settings.checkpoint_every,
+        validation_data=validation, log_every=settings.log_every, callbacks=callbacks, verbose=verbose,
+    )  # fmt: skip
+    result = TrainResult(
+        model=keras_model,
+        model_dir=directory,
+        step=int(keras_model.optimizer.iterations.numpy()),
+        weights_digest=loop.weights_digest(keras_model),
+        is_chief=role.is_chief,
+    )
+    if settings.summary and role.is_chief:
+        result.summary = _summary(keras_model, validation, check_data, settings)
+    return result
+
+
+def _summary(model, validation, check_data, settings):
+    """What the run achieved: the validation metrics (test ELBO) and the quick robustness check."""
+    summary = {"test": None, "robustness": None}
+    if validation is not None:
+        summary["test"] = model.evaluate(validation, verbose=0, return_dict=True)
+    if check_data is not None:
+        summary["robustness"] = robustness_check.quick_robustness(
+            lambda x: model(x, training=False), check_data, (0.05, 0.1), seed=settings.seed
+        )
+    return summary

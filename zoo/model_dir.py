@@ -1,0 +1,126 @@
+"""The model directory: the one place that knows its file names.
+
+A training run writes, and evaluation, export and the benchmarks read:
+
+- `config.json`: what was trained (model, architecture, dataset, hyper-parameters). A second
+  run in the same directory must train the same thing (`IDENTITY_KEYS`); it then resumes.
+- `flags.json`: every setting of the run, for the model card.
+- `checkpoints/`: model and optimizer every `checkpoint_every` steps.
+- `logs/`: TensorBoard summaries; `timing.csv`: wall-clock seconds per step;
+  `robustness_curve.csv`: robustness measured during training.
+- `model.keras`: the final model.
+- `robustness.json`, `robustness.md`: the evaluation, when it was written here.
+"""
+
+import json
+import os
+import tempfile
+
+# config.json keys that must match for a run to resume in an existing directory.
+IDENTITY_KEYS = ("model", "arch", "dataset", "latent_dim", "image_shape")
+
+
+class ModelDirError(ValueError):
+    """The model directory cannot be used for this run."""
+
+
+class ModelDir:
+    """Paths and files of one model directory (which need not exist yet); built from any path-like."""
+
+    CONFIG = "config.json"
+    FLAGS = "flags.json"
+    CHECKPOINTS = "checkpoints"
+    LOGS = "logs"
+    TIMING = "timing.csv"
+    ROBUSTNESS_CURVE = "robustness_curve.csv"
+    MODEL = "model.keras"
+    ROBUSTNESS = "robustness.json"
+    ROBUSTNESS_REPORT = "robustness.md"
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __repr__(self):
+        return f"ModelDir({self.path!r})"
+
+    def __fspath__(self):  # a ModelDir is a path: os.path functions and ModelDir(ModelDir(p)) take it
+        return self.path
+
+    def _join(self, name):
+        return os.path.join(self.path, name)
+
+    config_file = property(lambda self: self._join(self.CONFIG))
+    flags_file = property(lambda self: self._join(self.FLAGS))
+    checkpoint_dir = property(lambda self: self._join(self.CHECKPOINTS))
+    log_dir = property(lambda self: self._join(self.LOGS))
+    timing_file = property(lambda self: self._join(self.TIMING))
+    robustness_curve_file = property(lambda self: self._join(self.ROBUSTNESS_CURVE))
+    model_file = property(lambda self: self._join(self.MODEL))
+    robustness_file = property(lambda self: self._join(self.ROBUSTNESS))
+    robustness_report = property(lambda self: self._join(self.ROBUSTNESS_REPORT))
+
+    def worker_dir(self, task_type, task_id):
+        """Where a multi-worker run's non-chief worker writes (and deletes afterwards)."""
+        return ModelDir(self._join(f"workertemp_{task_type}_{task_id}"))
+
+    def has_model(self):
+        return os.path.exists(self.model_file)
+
+    def read_config(self):
+        """config.json as a dict; {} when the directory has none."""
+        return _read_json(self.config_file)
+
+    def read_flags(self):
+        return _read_json(self.flags_file)
+
+    def read_robustness(self):
+        return _read_json(self.robustness_file)
+
+    def write_json(self, path, value):
+        with open(path, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True)
+
+    def check_writable(self):
+        """Creates the directory; raises ModelDirError now, not after hours of training, if it cannot be written."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=self.path)  # unique: workers probe at once
+            with os.fdopen(fd, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as error:
+            raise ModelDirError(f"model directory {self.path!r} is not writable: {error.strerror or error}") from None
+
+    def check_identity(self, config):
+        """Refuses a directory whose config.json describes another run."""
+        previous = self.read_config()
+        clashes = [
+            f"{key}={previous.get(key)!r} (this run: {config.get(key)!r})"
+            for key in IDENTITY_KEYS
+            if previous and previous.get(key) != config.get(key)
+        ]
+        if clashes:
+            raise ModelDirError(
+                f"model directory {self.path!r} holds a different run ({', '.join(clashes)}); "
+                "use a new model directory or delete the old one"
+            )
+
+    def prepare(self, config, flags=None, write=True):
+        """Creates the directory, refuses one written for another run and records `config` (and `flags`).
+
+        Workers other than the chief pass `write=False`: they check the chief's directory but leave its
+        files to the chief.
+        """
+        self.check_writable()
+        self.check_identity(config)
+        if write:
+            self.write_json(self.config_file, config)
+            if flags is not None:
+                self.write_json(self.flags_file, flags)
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
