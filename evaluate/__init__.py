@@ -1,18 +1,33 @@
-"""Robustness evaluation of trained zoo models (issue 4).
+"""Robustness evaluation of trained zoo models (issues 4 and 13).
 
-Entry point: `python -m evaluate.robustness` (the only module that reads
-flags). Everything else is library code with explicit arguments:
+`evaluate.run(model_dirs, output_dir, stages=..., common=...)` is the library entry point;
+`python -m evaluate.robustness` is a thin command line over it (flags generated from the settings).
+`run`, `Common`, `EvaluationError` and `STAGES` are imported on first use, so that the command line can
+quiet TensorFlow's log before it loads.
 
-- `interface`: the three functions the evaluation needs from a model
-  (encode mean, posterior stddev, decode) and an adapter for zoo models;
-- `frechet`, `msssim`, `margin`: pure maths (Frechet distance, MS-SSIM for
-  small images, the Camuto et al. margin bound);
-- `probes`: linear classifiers on the frozen representation and their
-  adversarial accuracy under the project's PGD (`zoo.attacks`);
-- `ae_attacks`: the latent-space and maximum-damage attacks of the robust
-  GMM-DAE paper, with MS-SSIM;
+- `stage`: what every stage shares (settings fields, `Common`, the `Context`, progress with examples/s);
+- `stages`: the registry of stages, one file each: `accuracy`, `decoder`, `ae_attacks`, `margin`, `chains`;
+- `pipeline`: `run` and `evaluate_model` (loads a model with `zoo.load`, runs the stages, writes the outputs);
+- `interface`: the four functions the evaluation needs from a model (encode mean, posterior stddev,
+  decode, prior samples), from the interface every zoo model declares;
+- `worst_case`: the downstream attack ensemble (the project's PGD, ART's APGD-CE, APGD-DLR, Square), the
+  worst case per example, the robustness radius and the gradient-free check;
+- `probes`: linear classifiers on the frozen representation;
+- `frechet`, `msssim`, `margin`, `tensors`: pure maths (Frechet distance, MS-SSIM for small images, the
+  Camuto et al. margin bound and maximum-damage attack, per-example distances);
+- `ae_attacks`: the latent-space and maximum-damage attacks of the robust GMM-DAE paper, with MS-SSIM;
 - `fid`: feature extractors for FID (InceptionV3 or a cached classifier);
 - `chains`: iterated encode-decode chains (AVAE paper, Figure 1);
-- `report`: JSON, Markdown tables and plots, and the side-by-side comparison;
-- `pipeline`: runs all of the above for one model.
+- `report`: JSON, Markdown tables and plots, and the side-by-side comparison.
 """
+
+_LAZY = {"run": "evaluate.pipeline", "Common": "evaluate.stage", "EvaluationError": "evaluate.stage",
+         "STAGES": "evaluate.stages"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'evaluate' has no attribute {name!r}")

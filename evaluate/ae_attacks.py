@@ -16,20 +16,13 @@ x_a = x + delta, x~_a = dec(z(x_a)) and x~_r = dec(z(x_r)).
 import tensorflow as tf
 
 from evaluate import msssim
+from evaluate.tensors import l2_distance
 from zoo import attacks
 
 ATTACKS = ("latent", "max_damage")
 METRICS = ("loss", "ms_ssim_ref_vs_adv_recon", "ms_ssim_input_vs_adv_input", "ms_ssim_ref_recon_vs_adv_recon")
 # Per-example classes predicted from the clean and the attacked code, when a classifier is given.
 PREDICTIONS = ("clean_prediction", "adversarial_prediction")
-
-
-def _flat(t):
-    return tf.reshape(t, [tf.shape(t)[0], -1])
-
-
-def _distance(a, b):
-    return tf.sqrt(tf.reduce_sum(tf.square(_flat(a) - _flat(b)), axis=1) + 1e-12)
 
 
 def make_attack(kind, encode_mean, decode, steps, restarts, classify=None):
@@ -48,23 +41,23 @@ def make_attack(kind, encode_mean, decode, steps, restarts, classify=None):
             reference = x_target
 
             def objective(x_adv):
-                return -_distance(encode_mean(x_adv), z_target)
+                return -l2_distance(encode_mean(x_adv), z_target)
 
         else:
             clean_reconstruction = tf.stop_gradient(decode(encode_mean(x)))
             reference = x
 
             def objective(x_adv):
-                return _distance(decode(encode_mean(x_adv)), clean_reconstruction)
+                return l2_distance(decode(encode_mean(x_adv)), clean_reconstruction)
 
         x_adv = attacks.pgd(objective, x, lam, steps, norm="l2", restarts=restarts, random_start=True, seed=seed)
         z_adv = encode_mean(x_adv)
         adv_reconstruction = decode(z_adv)
         reference_reconstruction = decode(encode_mean(reference))
         if kind == "latent":
-            loss = _distance(z_adv, encode_mean(x_target))
+            loss = l2_distance(z_adv, encode_mean(x_target))
         else:
-            loss = _distance(adv_reconstruction, reference_reconstruction)
+            loss = l2_distance(adv_reconstruction, reference_reconstruction)
         predictions = {}
         if classify is not None:
             predictions = {
@@ -77,7 +70,7 @@ def make_attack(kind, encode_mean, decode, steps, restarts, classify=None):
             "ms_ssim_ref_vs_adv_recon": msssim.ms_ssim(reference, adv_reconstruction),
             "ms_ssim_input_vs_adv_input": msssim.ms_ssim(x, x_adv),
             "ms_ssim_ref_recon_vs_adv_recon": msssim.ms_ssim(reference_reconstruction, adv_reconstruction),
-            "perturbation_l2": _distance(x_adv, x),
+            "perturbation_l2": l2_distance(x_adv, x),
         }
 
     return run

@@ -190,7 +190,7 @@ def make_extractor(kind, dataset, data_dir, cache_dir, train_examples, epochs, s
             return inception_extractor()
         except Exception as error:  # no weights and no network: say so in one line
             raise ValueError(
-                f"InceptionV3 ImageNet weights are not available ({error}); use --fid_features=classifier"
+                f"InceptionV3 ImageNet weights are not available ({error}); set fid_features to \"classifier\""
             ) from None
     return classifier_extractor(dataset, data_dir, cache_dir, train_examples, epochs, seed, download, log=log)
 

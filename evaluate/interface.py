@@ -3,21 +3,22 @@
 The evaluation never reaches into a model's layers. It needs:
 
 - `encode_mean(x) -> z`: the representation f_mu(x) ([batch, latent]);
-- `stddev(x) -> sigma` ([batch, latent]) or `None`: the posterior standard
-  deviation; `None` (or all zeros) means a deterministic encoder;
+- `stddev(x) -> sigma` ([batch, latent]): the posterior standard deviation,
+  all zeros for a deterministic encoder;
 - `decode(z) -> x~`: the mean image in [0, 1];
-- `sample_prior(n, seed) -> z` or `None`: latents from the model's prior, for
-  the FID of generated samples.
+- `sample_prior(n, seed) -> z`: latents from the model's prior, for the FID
+  of generated samples;
+- `image_shape`, the shape of one input image, and a `name`.
 
-`from_model` adapts any zoo model: `model(x)` is the posterior mean (the zoo's
-contract), `model.posterior(x).stddev()` the standard deviation where a model
-has a posterior, `model.decode(z)` the decoder mean, and `model.prior` where
-a model has one. A deterministic autoencoder without `posterior` gets
-`stddev=None`; one that defines `stddev(x)` itself is used as is.
+`from_model` adapts a zoo model through the interface every zoo model
+declares (`zoo.base.ZooModel`): `model(x)` is the posterior mean,
+`model.posterior(x).stddev()` the standard deviation (a deterministic
+autoencoder's posterior is a point mass: zeros), `model.decode(z)` the
+decoder mean and `model.prior` the prior.
 """
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable
 
 import tensorflow as tf
 
@@ -25,14 +26,11 @@ import tensorflow as tf
 @dataclasses.dataclass(frozen=True)
 class Autoencoder:
     encode_mean: Callable
+    stddev: Callable
     decode: Callable
-    stddev: Optional[Callable] = None
-    sample_prior: Optional[Callable] = None
+    sample_prior: Callable
+    image_shape: tuple
     name: str = "model"
-
-    @property
-    def is_stochastic(self):
-        return self.stddev is not None
 
 
 def from_model(model, name=None):
@@ -41,28 +39,14 @@ def from_model(model, name=None):
     def encode_mean(x):
         return model(x, training=False)
 
+    def stddev(x):
+        return model.posterior(x, training=False).stddev()
+
     def decode(z):
         return model.decode(z, training=False)
 
-    stddev = None
-    if callable(getattr(model, "stddev", None)):
-        stddev = model.stddev
-    elif callable(getattr(model, "posterior", None)):
+    def sample_prior(n, seed):
+        return tf.cast(model.prior.sample(n, seed=seed), tf.float32)
 
-        def stddev(x):
-            return model.posterior(x, training=False).stddev()
-
-    sample_prior = None
-    prior = getattr(model, "prior", None)
-    if prior is not None and callable(getattr(prior, "sample", None)):
-
-        def sample_prior(n, seed):
-            return tf.cast(prior.sample(n, seed=seed), tf.float32)
-
-    return Autoencoder(
-        encode_mean=encode_mean,
-        decode=decode,
-        stddev=stddev,
-        sample_prior=sample_prior,
-        name=name or getattr(model, "registry_name", None) or model.name,
-    )
+    return Autoencoder(encode_mean=encode_mean, stddev=stddev, decode=decode, sample_prior=sample_prior,
+                       image_shape=tuple(model.image_shape), name=name or model.registry_name)  # fmt: skip

@@ -12,35 +12,29 @@ from the "maximum likelihood" reconstruction g(mu(x)).
   `tf.GradientTape.batch_jacobian`). p <= 1/2 (not r-robust even unperturbed)
   gives a bound <= 0: the margin is 0.
 - `empirical_margin`: the largest L2 radius at which the maximum-damage attack
-  (L2 PGD from `zoo.attacks`, maximising ||g(mu(x + delta)) - g(mu(x))||_2; the
-  paper notes that attacking the mean is what matters) still leaves the model
-  r-robust, found per example by bisection on log(radius). The search returns a
-  bracket [lo, hi]: the model was still r-robust against the attack at lo and
-  the attack broke r-robustness at hi, so the true margin is below hi. The bound
-  "holds" for an example when bound <= hi (a bound above hi is contradicted by
-  an actual attack).
-
-Per-example radii with the project's single PGD: PGD takes one scalar radius,
-so each example is attacked in coordinates y = x / R_i, where the radius is 1
-and the valid range is [0, 1 / R_i]; L2 balls and L2 PGD steps scale linearly,
-so this is exactly L2 PGD with radius R_i around x_i.
+  still leaves the model r-robust, found per example by bisection on log(radius).
+  The attack is the paper's: L2 PGD (`zoo.attacks.pgd`, one radius per example)
+  maximising ||g(mu(x + delta) + sigma(x + delta) eta) - g(mu(x))||_2, so it moves
+  the decoder input through the encoder mean AND the posterior noise; with
+  `attack_samples` draws of eta held fixed during the attack, it ascends the mean
+  distance over them (expectation over the noise). The search returns a bracket
+  [lo, hi]: the model was still r-robust against the attack at lo and the attack
+  broke r-robustness at hi, so the true margin is below hi. The bound "holds" for
+  an example when bound <= hi (a bound above hi is contradicted by an actual attack).
 
 Deterministic encoders (no stddev, or stddev 0): r-robustness is then the plain
-||g(mu(x + delta)) - g(mu(x))|| <= r, so the empirical margin still applies;
-the bound does not (sigma = 0) and is reported as not applicable.
+||g(mu(x + delta)) - g(mu(x))|| <= r and the attack has no noise to go through,
+so the empirical margin still applies; the bound does not (sigma = 0) and is
+reported as not applicable.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from evaluate.tensors import flat, l2_distance
 from zoo import attacks
 
 _TINY = 1e-12
-
-
-def _flat(t):
-    return tf.reshape(t, [tf.shape(t)[0], -1])
-
 
 def clip_probability(p, num_samples):
     """Keeps a Monte Carlo estimate k/n inside [0.5/n, 1 - 0.5/n], so Phi^-1(p) is finite."""
@@ -72,9 +66,9 @@ def sampled_distances(decode, z_mean, stddev, reference, num_samples, seed, chun
     `seed` is a shape-[2] int tensor (stateless sampling: the same eta for the same seed). Samples are
     decoded `chunk` at a time, as one batch of chunk * batch latents.
     """
-    reference = _flat(reference)
+    reference = flat(reference)
     if stddev is None:
-        return tf.norm(_flat(decode(z_mean)) - reference, axis=1)[:, tf.newaxis]
+        return tf.norm(flat(decode(z_mean)) - reference, axis=1)[:, tf.newaxis]
     batch, latent = tf.shape(z_mean)[0], tf.shape(z_mean)[1]
     distances = []
     for start in range(0, num_samples, chunk):
@@ -94,52 +88,50 @@ def robust_probability(decode, z_mean, stddev, reference, r, num_samples, seed):
     return tf.reduce_mean(tf.cast(distances <= r, tf.float32), axis=1)
 
 
-def _per_example(values, like):
-    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
-
-
 def attack_with_radii(objective, x, radii, steps, restarts, seed):
-    """L2 PGD (zoo.attacks.pgd) maximising objective(x_adv) with a radius per example [batch].
+    """L2 PGD (zoo.attacks.pgd) maximising objective(x_adv), with one radius per example [batch]."""
+    return attacks.pgd(objective, x, tf.cast(radii, x.dtype), steps, norm="l2", restarts=restarts, seed=seed,
+                       clip_min=0.0, clip_max=1.0)  # fmt: skip
 
-    Runs the one PGD implementation in the coordinates y = x / radius (radius 1, range [0, 1 / radius]).
+
+def max_damage_objective(encode_mean, decode, x, stddev=None, eta=None):
+    """Camuto et al.'s maximum-damage objective per example (maximised).
+
+    objective(x_adv) = mean_s ||g(mu(x_adv) + sigma(x_adv) eta_s) - g(mu(x))||_2 over the fixed draws
+    eta [samples, batch, latent]; with `stddev=None` (a deterministic encoder) ||g(mu(x_adv)) - g(mu(x))||_2.
     """
-    scale = _per_example(tf.maximum(tf.cast(radii, x.dtype), _TINY), x)
-    y_adv = attacks.pgd(
-        lambda y: objective(y * scale),
-        x / scale,
-        1.0,
-        steps,
-        norm="l2",
-        restarts=restarts,
-        seed=seed,
-        clip_min=0.0,
-        clip_max=1.0 / scale,
-    )
-    return tf.clip_by_value(y_adv * scale, 0.0, 1.0)
+    clean = tf.stop_gradient(decode(encode_mean(x)))
+    if stddev is None:
+        return lambda x_adv: l2_distance(decode(encode_mean(x_adv)), clean)
+
+    def objective(x_adv):
+        samples, batch, latent = tf.shape(eta)[0], tf.shape(eta)[1], tf.shape(eta)[2]
+        z = encode_mean(x_adv)[tf.newaxis] + stddev(x_adv)[tf.newaxis] * eta  # [samples, batch, latent]
+        decoded = decode(tf.reshape(z, [-1, latent]))
+        reference = tf.reshape(tf.tile(flat(clean)[tf.newaxis], [samples, 1, 1]), [samples * batch, -1])
+        return tf.reduce_mean(tf.reshape(l2_distance(decoded, reference), [samples, batch]), axis=0)
+
+    return objective
 
 
-def max_damage_objective(encode_mean, decode, x):
-    """objective(x_adv) = ||g(mu(x_adv)) - g(mu(x))||_2 per example (maximised)."""
-    clean = tf.stop_gradient(_flat(decode(encode_mean(x))))
-    return lambda x_adv: l2_distance(_flat(decode(encode_mean(x_adv))), clean)
-
-
-def l2_distance(a, b):
-    """||a - b||_2 over the last axis, with a finite gradient at a = b."""
-    return tf.sqrt(tf.reduce_sum(tf.square(a - b), axis=-1) + _TINY)
-
-
-def make_robust_at(encode_mean, decode, stddev, r, num_samples, steps, restarts):
+def make_robust_at(encode_mean, decode, stddev, r, num_samples, steps, restarts, attack_samples=8):
     """A function (x, radii, seed, sample_seed) -> ([batch] bool: still r-robust after the attack, x_adv).
 
-    `seed` drives the attack's random starts, `sample_seed` the posterior noise eta. Passing the
-    sample_seed that estimated p at x itself gives common random numbers: at a tiny radius p(x_adv)
-    then equals p(x) rather than differing by Monte Carlo noise. Wrap the result in `tf.function`
-    to run it as one graph per batch shape.
+    `seed` drives the attack's random starts and its `attack_samples` noise draws (the maximum-damage
+    attack through the posterior noise; none with `stddev=None`), `sample_seed` the noise eta that
+    estimates p. Passing the sample_seed that estimated p at x itself gives common random numbers: at a
+    tiny radius p(x_adv) then equals p(x) rather than differing by Monte Carlo noise. Wrap the result in
+    `tf.function` to run it as one graph per batch shape.
     """
 
     def robust_at(x, radii, seed, sample_seed):
-        x_adv = attack_with_radii(max_damage_objective(encode_mean, decode, x), x, radii, steps, restarts, seed)
+        eta = None
+        if stddev is not None:
+            latent = tf.shape(encode_mean(x))[1]
+            eta = tf.random.stateless_normal(tf.stack([attack_samples, tf.shape(x)[0], latent]),
+                                             tf.random.experimental.stateless_fold_in(seed, 11))  # fmt: skip
+        objective = max_damage_objective(encode_mean, decode, x, stddev, eta)
+        x_adv = attack_with_radii(objective, x, radii, steps, restarts, seed)
         reference = decode(encode_mean(x))
         sd = None if stddev is None else stddev(x_adv)
         p = robust_probability(decode, encode_mean(x_adv), sd, reference, r, num_samples, sample_seed)

@@ -1,26 +1,12 @@
-"""Downstream adversarial accuracy (AVAE paper, section 4, evaluation protocol).
+"""Linear probes on the frozen representation (AVAE paper, section 4, evaluation protocol, steps i and ii).
 
-i) the encoder is frozen and its mean f_mu(x) is the representation; ii) a
-linear classifier per task is trained on it normally (no attacks); iii) the
-composition x -> f_mu -> linear is attacked end to end with untargeted L-inf
-PGD (`zoo.attacks.pgd`: random start, restarts keeping the worst case, pixels
-in [0, 1]); the accuracy that survives is reported (epsilon 0: clean accuracy).
-
-Attack objective: the cross-entropy of the true class, plus a constant 100 on
-iterates that are already misclassified. The constant has no gradient, so the
-ascent is plain cross-entropy PGD; it only makes PGD's "keep the best iterate
-and the best restart" rule prefer any misclassified input over every correctly
-classified one (a correctly classified input has cross-entropy <= log K < 100),
-so an example counts as broken when any visited iterate of any restart broke it.
+i) the encoder is frozen and its mean f_mu(x) is the representation; ii) a linear classifier per task is
+trained on it normally (no attacks). Step iii, the attacks on encoder + probe, is `evaluate.worst_case`.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
-
-from zoo import attacks
-
-MISCLASSIFIED_BONUS = 100.0
 
 
 def encode_in_batches(encode_mean, images, batch_size):
@@ -68,51 +54,3 @@ def train_linear_probe(features, labels, num_classes, epochs=30, batch_size=256,
 
 def probe_logits(encode_mean, w, b):
     return lambda x: tf.matmul(encode_mean(x), w) + b
-
-
-def attack_objective(logits_fn, labels):
-    """Cross-entropy of the true class (+ MISCLASSIFIED_BONUS where already misclassified), per example."""
-
-    def objective(x_adv):
-        logits = logits_fn(x_adv)
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        wrong = tf.cast(tf.not_equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels), logits.dtype)
-        return cross_entropy + MISCLASSIFIED_BONUS * tf.stop_gradient(wrong)
-
-    return objective
-
-
-def make_adversarial_correct(encode_mean, steps, restarts):
-    """A tf.function (x, labels, w, b, epsilon, seed) -> [batch] bool: still correct after L-inf PGD.
-
-    epsilon, w, b and seed are tensors, so one trace serves every epsilon and every task with the same
-    number of classes.
-    """
-
-    @tf.function(reduce_retracing=True)
-    def adversarial_correct(x, labels, w, b, epsilon, seed):
-        logits_fn = probe_logits(encode_mean, w, b)
-        x_adv = attacks.pgd(
-            attack_objective(logits_fn, labels),
-            x,
-            epsilon,
-            steps,
-            norm="linf",
-            restarts=restarts,
-            random_start=True,
-            seed=seed,
-            clip_min=0.0,
-            clip_max=1.0,
-        )
-        return tf.equal(tf.argmax(logits_fn(x_adv), axis=-1, output_type=labels.dtype), labels)
-
-    return adversarial_correct
-
-
-def make_clean_correct(encode_mean):
-    @tf.function(reduce_retracing=True)
-    def clean_correct(x, labels, w, b):
-        logits = probe_logits(encode_mean, w, b)(x)
-        return tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
-
-    return clean_correct

@@ -6,9 +6,6 @@ import os
 
 import numpy as np
 
-JSON_FILE = "robustness.json"
-TABLE_FILE = "robustness.md"
-
 
 def _pyplot():
     import matplotlib
@@ -75,6 +72,7 @@ def _epsilons(result):
 
 
 def accuracy_table(result):
+    """Worst-case accuracy (%) per task and epsilon: the headline table."""
     accuracy = result.get("adversarial_accuracy")
     if not accuracy:
         return "_adversarial accuracy not computed_\n"
@@ -86,6 +84,79 @@ def accuracy_table(result):
     for task, per_epsilon in accuracy.items():
         lines.append(f"| {task} | " + " | ".join(_percent(per_epsilon.get(e)) for e in epsilons) + " |")
     return "\n".join(lines) + "\n"
+
+
+def per_attack_table(result):
+    """Accuracy (%) of each attack alone, and the worst case, one row per task and attack."""
+    per_attack = result.get("adversarial_accuracy_per_attack")
+    if not per_attack:
+        return ""
+    epsilons = [e for e in _epsilons(result) if float(e) > 0]
+    lines = ["| task | attack | " + " | ".join(f"eps={e}" for e in epsilons) + " |",
+             "|---|---|" + "---|" * len(epsilons)]  # fmt: skip
+    for task, attacks in per_attack.items():
+        for attack, per_epsilon in attacks.items():
+            lines.append(f"| {task} | {attack} | " + " | ".join(_percent(per_epsilon.get(e)) for e in epsilons) + " |")
+        worst = result["adversarial_accuracy"][task]
+        lines.append(f"| {task} | **worst case** | " + " | ".join(f"**{_percent(worst.get(e))}**" for e in epsilons)
+                     + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _describe_budget(attack, budget):
+    skip = budget.get("skipped_tasks")
+    skipped = f"; skipped for {', '.join(f'{t} ({why})' for t, why in skip.items())}" if skip else ""
+    if attack == "pgd":
+        effort = f"{budget['steps']} steps x {budget['restarts']} restarts"
+    elif attack.startswith("apgd"):
+        targets = f" x {budget['target_classes']} target classes" if budget.get("targeted") else ""
+        effort = f"{budget['iterations']} iterations x {budget['restarts']} restarts{targets}, loss {budget['loss']}"
+    else:
+        effort = f"{budget.get('queries')} queries x {budget.get('restarts')} restarts"
+    return f"- `{attack}`: {budget['implementation']}, {effort}{skipped}\n"
+
+
+def format_radius(value, max_radius):
+    """A radius median for tables: null means more than half unbroken at the largest radius searched."""
+    return f"> {max_radius:g}" if value is None else _number(value, 4)
+
+
+def _radius_and_masking(result):
+    out = []
+    radius = result.get("robustness_radius") or {}
+    if radius:
+        out.append("\n### Robustness radius (L-inf, worst case)\n\nPer example, the smallest radius at which the "
+                   "worst case flips the probe (bisection on a fixed random subset; `radius.png` shows the "
+                   "distribution). Median over the examples classified correctly clean, and over all (radius 0 where "
+                   "the clean prediction is wrong).\n\n"
+                   "| task | median (correct clean) | median (all) | examples | wrong clean | unbroken at max radius "
+                   "| resolution |\n|---|---|---|---|---|---|---|\n")  # fmt: skip
+        for task, r in radius.items():
+            out.append(f"| {task} | {format_radius(r.get('median_correct'), r['max_radius'])} | "
+                       f"{format_radius(r['median'], r['max_radius'])} | {r['examples']} | "
+                       f"{_percent(r['clean_wrong_fraction'])}% | {_percent(r['censored_fraction'])}% | "
+                       f"{_number(r['resolution'], 4)} |\n")  # fmt: skip
+    masking = result.get("gradient_masking")
+    if masking:
+        verdict = "**FLAGGED: possible gradient masking**" if masking["flagged"] else "not flagged"
+        out.append(f"\n### Gradient-masking check: {verdict}\n\n")
+        for task, m in masking["by_task"].items():
+            checks = []
+            free = {e: f for e, f in (m.get("gradient_free_only") or {}).items() if f is not None}
+            if free:
+                checks.append("broken by the gradient-free attack only: "
+                              + ", ".join(f"{_percent(f)}% at eps={e}" for e, f in free.items()))  # fmt: skip
+            else:
+                checks.append("gradient-free vs gradient attacks not compared (the run lacks one kind)")
+            if m.get("accuracy_at_large_radius") is not None:
+                checks.append(f"worst-case accuracy {_percent(m['accuracy_at_large_radius'])}% at "
+                              f"eps={masking['large_radius']:g}")  # fmt: skip
+            reasons = f" **{'; '.join(m['reasons'])}**" if m["flagged"] else ""
+            out.append(f"- {task}: {'; '.join(checks)} (tolerance {_percent(masking['tolerance'])}%).{reasons}\n")
+    budgets = result.get("attack_budgets")
+    if budgets:
+        out.append("\nAttack budgets:\n\n" + "".join(_describe_budget(a, b) for a, b in budgets.items()))
+    return "".join(out)
 
 
 def _ae_attack_table(attack):
@@ -108,12 +179,20 @@ def markdown(result):
     out = [f"# Robustness of `{result['model']}` on `{result['dataset']}`\n\n"]
     if result.get("model_dir"):
         out.append(f"Model directory: `{result['model_dir']}`\n")
-    out.append(
-        f"\n## Downstream adversarial accuracy (%)\n\nLinear probes on f_mu, L-inf PGD "
-        f"({settings.get('pgd_steps')} steps, {settings.get('restarts')} restarts), "
-        f"{settings.get('num_examples')} test examples.\n\n"
-    )
+    budgets = result.get("attack_budgets") or {}
+    if budgets:
+        attacks = ", ".join(budgets)
+        how = (f"worst case per example over {attacks} (L-inf, pixels in [0, 1]); the numbers quoted are this "
+               "worst case" if len(budgets) > 1 else f"{attacks} only (a quick check, not a worst case)")  # fmt: skip
+    else:  # a robustness.json written before the attack ensemble
+        how = f"L-inf PGD ({settings.get('pgd_steps')} steps, {settings.get('restarts')} restarts)"
+    out.append(f"\n## Downstream adversarial accuracy (%)\n\nLinear probes on f_mu, {how}; "
+               f"{settings.get('num_examples')} test examples.\n\n")  # fmt: skip
     out.append(accuracy_table(result))
+    table = per_attack_table(result)
+    if table:
+        out.append("\nEach attack alone:\n\n" + table)
+    out.append(_radius_and_masking(result))
     mse = result.get("mse") or {}
     features = result.get("fid_features") or {}
     out.append("\n## Decoder quality\n\n")
@@ -149,6 +228,8 @@ def markdown(result):
         )
         if not bound.get("applicable"):
             out.append(f"\nBound: {bound.get('reason')}\n")
+        if empirical.get("attack"):
+            out.append(f"\nEmpirical margin attack: {empirical['attack']}.\n")
     else:
         out.append("_not computed_\n")
     chain = result.get("chain_drift")
@@ -281,6 +362,69 @@ def plot_margin(bound, empirical_lo, empirical_hi, path):
     return path
 
 
+def plot_radius(result, path):
+    """Distribution of the robustness radius per task: histogram, median marked, unbroken ones at the right."""
+    radius = result.get("robustness_radius") or {}
+    if not radius:
+        return None
+    plt = _pyplot()
+    rows, columns = _grid(len(radius))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    for ax, (task, r) in zip(axes.flat, radius.items()):
+        top = r["max_radius"]
+        censored = any(v is None for v in r["per_example"])
+        values = np.array([top * 1.05 if v is None else v for v in r["per_example"]])
+        # The axis ends just past the largest radius found, so small radii keep their resolution.
+        upper = top * 1.1 if censored else max(float(values.max()) * 1.1, 4 * r["resolution"])
+        ax.hist(values, bins=np.linspace(0, upper, 41), color="tab:blue", alpha=0.8)
+        if r.get("median_correct") is not None:
+            ax.axvline(r["median_correct"], color="k", ls="--", lw=1,
+                       label=f"median (correct clean) {r['median_correct']:.3f}")  # fmt: skip
+            ax.legend(fontsize=8)
+        if censored:
+            ax.axvline(top, color="tab:red", lw=1)
+        ax.set_title(f"{task}" + (f" (right of red: unbroken at {top:g})" if censored else ""), fontsize=9)
+        ax.set_xlabel("robustness radius (L-inf)")
+        ax.set_ylabel("examples")
+    for ax in list(axes.flat)[len(radius) :]:
+        ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_radius_comparison(results, path, labels=None):
+    """Per task, the fraction of examples still robust at each radius (from the radius search), one line per model."""
+    labels = labels or [r["model"] for r in results]
+    tasks = list(dict.fromkeys(task for r in results for task in (r.get("robustness_radius") or {})))
+    if not tasks:
+        return None
+    plt = _pyplot()
+    rows, columns = _grid(len(tasks))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for result, label in zip(results, labels):
+            r = (result.get("robustness_radius") or {}).get(task)
+            if not r:
+                continue
+            values = np.array([np.inf if v is None else v for v in r["per_example"]])
+            grid = np.linspace(0, r["max_radius"], 101)
+            ax.plot(grid, [100.0 * np.mean(values > g) for g in grid], label=label)
+        ax.set_title(task)
+        ax.set_xlabel("radius eps (L-inf)")
+        ax.set_ylabel("examples with radius > eps (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 _HEADLINE_AE_METRICS = (
     ("latent_attack", "ms_ssim_ref_vs_adv_recon"),
     ("max_damage_attack", "ms_ssim_ref_recon_vs_adv_recon"),
@@ -293,12 +437,20 @@ def comparison_markdown(results, labels):
     tasks = list(results[0].get("adversarial_accuracy") or {})
     header = ["model", "dataset"]
     header += [f"{task} eps={e}" for task in tasks for e in epsilons]
+    radius_tasks = list(dict.fromkeys(task for r in results for task in (r.get("robustness_radius") or {})))
+    header += ["attacks"] + [f"{task} radius median (correct clean)" for task in radius_tasks] + ["masking"]
     header += ["MSE/px", "FID", "latent MS-SSIM(x_t,x~_a)", "max-dmg MS-SSIM(x~,x~_a)", "margin median", "chain drift"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for result, label in zip(results, labels):
         row = [label, result.get("dataset", "")]
         accuracy = result.get("adversarial_accuracy") or {}
         row += [_percent((accuracy.get(task) or {}).get(e)) for task in tasks for e in epsilons]
+        row.append(", ".join(result.get("attack_budgets") or {}) or "pgd")  # results older than the ensemble: PGD
+        for task in radius_tasks:
+            r = (result.get("robustness_radius") or {}).get(task)
+            row.append("n/a" if not r else format_radius(r.get("median_correct"), r["max_radius"]))
+        masking = result.get("gradient_masking")
+        row.append("n/a" if not masking else "FLAGGED" if masking["flagged"] else "no")
         row.append(_number((result.get("mse") or {}).get("per_pixel"), 5))
         row.append(_number(result.get("fid")))
         for key, metric in _HEADLINE_AE_METRICS:
@@ -316,16 +468,21 @@ def comparison_markdown(results, labels):
     note = ""
     if len(features) > 1:
         note = "\n**Warning:** these FIDs use different feature extractors and are not comparable.\n"
-    return "# Robustness comparison\n\n" + "\n".join(lines) + "\n" + note
+    what = ("Accuracy (%): the worst case per example over the attacks in the `attacks` column (see each model's "
+            "robustness.md; numbers from different attack sets are not comparable); radius: median L-inf robustness "
+            "radius; masking: the gradient-masking check.\n\n")
+    return "# Robustness comparison\n\n" + what + "\n".join(lines) + "\n" + note
 
 
 def write_comparison(results, labels, output_dir):
-    """comparison.md, comparison_accuracy.png and comparison_ae_attacks.png in output_dir; returns the paths."""
+    """comparison.md and comparison_{accuracy,ae_attacks,radius}.png in output_dir; returns the paths written."""
     os.makedirs(output_dir, exist_ok=True)
     paths = [os.path.join(output_dir, "comparison.md")]
     with open(paths[0], "w") as f:
         f.write(comparison_markdown(results, labels))
-    for name, plot in (("comparison_accuracy.png", plot_accuracy), ("comparison_ae_attacks.png", plot_ae_attacks)):
+    plots = (("comparison_accuracy.png", plot_accuracy), ("comparison_ae_attacks.png", plot_ae_attacks),
+             ("comparison_radius.png", plot_radius_comparison))
+    for name, plot in plots:
         written = plot(results, os.path.join(output_dir, name), labels)
         if written:
             paths.append(written)

@@ -1,61 +1,74 @@
 """Robustness evaluation of trained models: the papers' protocol as one command (issue 4).
 
-    python -m evaluate.robustness --model_dir=M --dataset=color_mnist --data_dir=D \
-        --epsilons=0,0.1,0.2 --pgd_steps=40 --restarts=10 --num_examples=N --output_dir=O
+    python -m evaluate.robustness --model_dir=M --data_dir=D --output_dir=O
 
-writes O/robustness.json, O/robustness.md and PNG plots. `--dataset` defaults
-to the one in M/config.json. Several models side by side:
+writes O/robustness.json, O/robustness.md and PNG plots; `--dataset` defaults to the one in
+M/config.json. The downstream accuracy is the worst case per example over the project's PGD and ART's
+APGD-CE, targeted APGD-DLR and Square (`--attacks`); `--quick` keeps the project's PGD alone. Several
+models side by side:
 
     python -m evaluate.robustness --model_dir=M1 --model_dir=M2 ... --output_dir=O
 
-evaluates each into O/<name of its directory>/ and writes O/comparison.md and
-O/comparison_*.png; results already computed are compared without rerunning:
+evaluates each into O/<name of its directory>/ and writes O/comparison.md and O/comparison_*.png;
+results already computed are compared without rerunning:
 
     python -m evaluate.robustness --compare=O1/robustness.json,O2/robustness.json --output_dir=O
 
-This is the only module that reads flags; see `evaluate.pipeline` for the library.
+This module only turns flags into the arguments of `evaluate.run`. The settings flags (`--pgd_steps`,
+`--epsilons`, ...) are generated from the fields of `evaluate.stage.Common` and of each stage in
+`evaluate.stages`, with their help and defaults.
 """
 
-import os
 import sys
 
-from absl import app, flags
+from zoo import console
+
+console.quiet_tensorflow()  # before anything loads TensorFlow
+
+from absl import app, flags  # noqa: E402
+
+import evaluate  # noqa: E402
+from evaluate import stages as stage_registry  # noqa: E402
+from evaluate.stage import Common, EvaluationError  # noqa: E402
+from zoo import data as zoo_data  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_multi_string("model_dir", None, "Trained model directory (model.keras, config.json); repeat to compare.")
-flags.DEFINE_list("compare", None, "robustness.json files to compare side by side (no evaluation).")
-flags.DEFINE_list("labels", None, "Names of the compared models in plots and tables (default: directory names).")
-flags.DEFINE_string("dataset", None, "Dataset; default: the one in model_dir/config.json.")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
-flags.DEFINE_bool("download", True, "Let tensorflow-datasets download data that is not prepared in data_dir.")
-flags.DEFINE_string("output_dir", None, "Where robustness.json, the table and the plots go.")
-flags.DEFINE_string("epsilons", "0,0.1,0.2", "L-inf radii of the downstream attack (0: clean accuracy).")
-flags.DEFINE_integer("pgd_steps", 40, "PGD steps of every attack.")
-flags.DEFINE_integer("restarts", 10, "PGD random restarts of every attack (the worst case is kept).")
-flags.DEFINE_integer("num_examples", 1000, "Test examples evaluated (the first N of the test split).")
-flags.DEFINE_integer("batch_size", 100, "Examples per attack batch.")
-flags.DEFINE_list("tasks", None, "Tasks to probe; default: every task of the dataset.")
-flags.DEFINE_integer("probe_train_examples", 10000, "Training examples for the linear probes.")
-flags.DEFINE_integer("probe_epochs", 30, "Epochs of linear-probe training.")
-flags.DEFINE_string("lambdas", "1,3,5", "L2 radii of the latent-space and maximum-damage attacks.")
-flags.DEFINE_integer("ae_attack_examples", 100, "Random test images attacked per trial (autoencoder attacks).")
-flags.DEFINE_integer("ae_attack_trials", 10, "Trials of the autoencoder attacks (mean and std over trials).")
-flags.DEFINE_string("target_task", None, "Task whose classes pick latent-attack targets; default: the first task.")
-flags.DEFINE_integer("margin_examples", 100, "Test examples for the margin of robustness.")
-flags.DEFINE_float("margin_r", None, "r of r-robustness (L2 in pixel space); default 0.1 * sqrt(pixel values).")
-flags.DEFINE_integer("margin_samples", 128, "Posterior samples estimating p(r-robust).")
-flags.DEFINE_integer("margin_search_steps", 8, "Bisection steps of the empirical margin search.")
-flags.DEFINE_float("margin_min_radius", 1e-3, "Smallest L2 radius the margin search tries.")
-flags.DEFINE_float("margin_max_radius", 10.0, "Largest L2 radius the margin search tries.")
-flags.DEFINE_integer("chain_steps", 10, "Encode-decode iterations of the chains.")
-flags.DEFINE_integer("chain_examples", 8, "Test images in the chain grid.")
-flags.DEFINE_enum("fid_features", "auto", ["auto", "inception", "classifier"], "FID feature extractor.")
-flags.DEFINE_string("fid_cache_dir", None, "Cache of FID classifiers; default ~/.cache/robust_zoo/fid_classifiers.")
-flags.DEFINE_integer("fid_classifier_train_examples", 10000, "Training examples of the FID classifier.")
-flags.DEFINE_integer("fid_classifier_epochs", 3, "Epochs of the FID classifier.")
-flags.DEFINE_list("stages", ["accuracy", "decoder", "ae_attacks", "margin", "chains"], "Stages to run.")
-flags.DEFINE_integer("seed", 0, "Seed of attacks, probes and example selection.")
+
+def _settings():
+    """{name: (field, base type, element type, owner)} for every setting of Common and of every stage."""
+    owners = stage_registry.setting_owners()
+    return {field.name: (field, kind, element, owners[field.name])
+            for owner in (Common, *stage_registry.STAGES.values())
+            for field, kind, element in owner.typed_fields()}  # fmt: skip
+
+
+def define_flags(flag_values=FLAGS, module_name=__name__):
+    """The command line's own flags, and one flag per setting (type, default, help and choices from its field)."""
+    kwargs = dict(flag_values=flag_values, module_name=module_name)
+    flags.DEFINE_multi_string("model_dir", None, "Trained model directory (model.keras, config.json); repeat to "
+                              "compare.", **kwargs)  # fmt: skip
+    flags.DEFINE_list("compare", None, "robustness.json files to compare side by side (no evaluation).", **kwargs)
+    flags.DEFINE_list("labels", None, "Names of the compared models in plots and tables (default: directory names).",
+                      **kwargs)  # fmt: skip
+    flags.DEFINE_string("dataset", None, "Dataset; default: the one in model_dir/config.json.", **kwargs)
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.", **kwargs)
+    flags.DEFINE_string("output_dir", None, "Where robustness.json, the table and the plots go.", **kwargs)
+    flags.DEFINE_list("stages", list(stage_registry.STAGES), "Stages to run, from: " + ", ".join(stage_registry.STAGES),
+                      **kwargs)  # fmt: skip
+    for field, kind, element, owner in _settings().values():
+        help_text = field.metadata["help"] + ("" if owner is Common else f" [{owner.name} stage]")
+        default, choices = field.default, field.metadata.get("choices")
+        if kind is tuple:
+            shown = None if default is None else [f"{v:g}" if element is float else str(v) for v in default]
+            help_text += f" Comma-separated{', from: ' + ', '.join(choices) if choices else ''}."
+            flags.DEFINE_list(field.name, shown, help_text, **kwargs)
+        elif kind is str and choices:
+            flags.DEFINE_enum(field.name, default, list(choices), help_text, **kwargs)
+        else:
+            define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                      str: flags.DEFINE_string}[kind]  # fmt: skip
+            define(field.name, default, help_text, **kwargs)
 
 
 def _fail(message):
@@ -63,128 +76,54 @@ def _fail(message):
     sys.exit(f"error: {message}")
 
 
-def _numbers(flag_name, text):
-    values = []
-    for item in text.split(","):
-        item = item.strip()
-        try:
-            values.append(float(item))
-        except ValueError:
-            _fail(f"--{flag_name} must be comma-separated numbers, got {item!r} in {text!r}")
-    if not values:
-        _fail(f"--{flag_name} is empty")
-    return tuple(values)
+def _setting(flag_values, name, kind, element):
+    """A flag's value as its settings field takes it (comma lists of numbers parsed here, naming the flag)."""
+    value = flag_values[name].value
+    if kind is not tuple or value is None:
+        return value
+    if element is float:
+        numbers = []
+        for item in value:
+            try:
+                numbers.append(float(item))
+            except ValueError:
+                _fail(f"--{name} must be comma-separated numbers, got {item!r} in {','.join(value)!r}")
+        return tuple(numbers)
+    return tuple(value)
 
 
-def _labels(paths, given):
-    if given:
-        if len(given) != len(paths):
-            _fail(f"--labels has {len(given)} names for {len(paths)} models")
-        return list(given)
-    labels = []
-    for path in paths:
-        base = os.path.basename(os.path.normpath(path))
-        if base == "robustness.json":
-            base = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        label, k = base, 2
-        while label in labels:
-            label, k = f"{base}_{k}", k + 1
-        labels.append(label)
-    return labels
+def run_from_flags(flag_values=FLAGS):
+    """Turns parsed flags into the arguments of `evaluate.run` and runs it; bad input exits with one line."""
+    values = flag_values
+    if not values.output_dir:
+        _fail("--output_dir is required")
+    if not values.model_dir and not values.compare:
+        _fail("--model_dir is required (or --compare=results.json,... to compare existing results)")
+    if values.model_dir and values.compare:
+        _fail("give either --model_dir (evaluate) or --compare (existing results), not both")
+    settings = {name: _setting(values, name, kind, element) for name, (_, kind, element, _) in _settings().items()}
+    owners = stage_registry.setting_owners()
+    try:
+        common = Common(**{name: value for name, value in settings.items() if owners[name] is Common})
+        stages = stage_registry.build(values.stages, **settings)
+        return evaluate.run(values.model_dir or (), values.output_dir, compare_paths=values.compare or (),
+                            labels=values.labels, dataset=values.dataset, data_dir=values.data_dir, stages=stages,
+                            common=common)  # fmt: skip
+    except (EvaluationError, zoo_data.DataUnavailableError) as error:
+        _fail(str(error))
 
 
-def _settings():
-    epsilons, lambdas = _numbers("epsilons", FLAGS.epsilons), _numbers("lambdas", FLAGS.lambdas)
-    for model_dir in FLAGS.model_dir:  # checked before TensorFlow is imported: bad input fails fast
-        if not os.path.exists(os.path.join(model_dir, "model.keras")):
-            _fail(f"no trained model in {model_dir!r} (expected {os.path.join(model_dir, 'model.keras')})")
-
-    from evaluate import pipeline
-
-    return pipeline.Settings(
-        epsilons=epsilons,
-        pgd_steps=FLAGS.pgd_steps,
-        restarts=FLAGS.restarts,
-        num_examples=FLAGS.num_examples,
-        batch_size=FLAGS.batch_size,
-        tasks=tuple(FLAGS.tasks) if FLAGS.tasks else None,
-        probe_train_examples=FLAGS.probe_train_examples,
-        probe_epochs=FLAGS.probe_epochs,
-        lambdas=lambdas,
-        ae_attack_examples=FLAGS.ae_attack_examples,
-        ae_attack_trials=FLAGS.ae_attack_trials,
-        target_task=FLAGS.target_task,
-        margin_examples=FLAGS.margin_examples,
-        margin_r=FLAGS.margin_r,
-        margin_samples=FLAGS.margin_samples,
-        margin_search_steps=FLAGS.margin_search_steps,
-        margin_min_radius=FLAGS.margin_min_radius,
-        margin_max_radius=FLAGS.margin_max_radius,
-        chain_steps=FLAGS.chain_steps,
-        chain_examples=FLAGS.chain_examples,
-        fid_features=FLAGS.fid_features,
-        fid_cache_dir=FLAGS.fid_cache_dir,
-        fid_classifier_train_examples=FLAGS.fid_classifier_train_examples,
-        fid_classifier_epochs=FLAGS.fid_classifier_epochs,
-        stages=tuple(FLAGS.stages),
-        seed=FLAGS.seed,
-        download=FLAGS.download,
-    )
-
-
-def _compare(paths, output_dir):
-    from evaluate import report
-
-    results = []
-    for path in paths:
-        if os.path.isdir(path):
-            path = os.path.join(path, report.JSON_FILE)
-        if not os.path.exists(path):
-            _fail(f"no results to compare at {path!r}")
-        try:
-            results.append(report.read_json(path))
-        except ValueError as error:
-            _fail(f"{path!r} is not a robustness.json ({error})")
-    written = report.write_comparison(results, _labels(paths, FLAGS.labels), output_dir)
-    print("comparison written: " + ", ".join(written))
-
-
-def main(argv):
+def _main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.output_dir:
-        _fail("--output_dir is required")
-    if FLAGS.compare:
-        if FLAGS.model_dir:
-            _fail("give either --model_dir (evaluate) or --compare (existing results), not both")
-        _compare(FLAGS.compare, FLAGS.output_dir)
-        return
-    if not FLAGS.model_dir:
-        _fail("--model_dir is required (or --compare=results.json,... to compare existing results)")
-    settings = _settings()
+    console.quiet_info_logs()
+    run_from_flags(FLAGS)
 
-    from evaluate import pipeline, report
-    from zoo import data as zoo_data
 
-    model_dirs = FLAGS.model_dir
-    labels = _labels(model_dirs, FLAGS.labels)
-    results = []
-    try:
-        settings.check()
-        for model_dir, label in zip(model_dirs, labels):
-            output_dir = FLAGS.output_dir if len(model_dirs) == 1 else os.path.join(FLAGS.output_dir, label)
-            result = pipeline.evaluate_model(
-                model_dir, output_dir, settings, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir
-            )
-            results.append(result)
-            print(f"results for {label}: {os.path.join(output_dir, report.JSON_FILE)}")
-            print(report.accuracy_table(result))
-    except (pipeline.EvaluationError, zoo_data.DataUnavailableError) as error:
-        _fail(str(error))
-    if len(results) > 1:
-        written = report.write_comparison(results, labels, FLAGS.output_dir)
-        print("comparison written: " + ", ".join(written))
+def main():
+    define_flags(FLAGS, sys.argv[0])
+    app.run(_main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

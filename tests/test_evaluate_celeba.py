@@ -1,43 +1,53 @@
-"""The CelebA path of the evaluation (17 attribute tasks, 64x64 images) on `tfds.testing.mock_data`."""
+"""The CelebA path of the evaluation (17 binary attribute tasks, 64x64 images) on `tfds.testing.mock_data`."""
 
-import json
 import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from evaluate import pipeline
-from zoo import data, training
+import evaluate
+import zoo
+from evaluate import stages
+from evaluate.stage import Common
+from zoo import data
+from zoo.model_dir import ModelDir
 
 
 def test_celeb_a_protocol_runs_on_mock_data(tmp_path):
     model_dir = str(tmp_path / "celeba_vae")
+    directory = ModelDir(model_dir)
     os.makedirs(model_dir)
     keras.utils.set_random_seed(0)
     config = dict(image_shape=(64, 64, 3), arch="mlp", latent_dim=4, seed=0)
-    model = training.build_model("vae", tf.distribute.get_strategy(), **config)
-    model.save(os.path.join(model_dir, training.MODEL_FILE))
-    with open(os.path.join(model_dir, training.CONFIG_FILE), "w") as f:
-        json.dump({"model": "vae", "dataset": "celeb_a", **config, "image_shape": [64, 64, 3]}, f)
-    settings = pipeline.Settings(
-        epsilons=(0.0, 0.1), pgd_steps=2, restarts=1, num_examples=8, batch_size=8, probe_train_examples=16,
-        probe_epochs=2, lambdas=(1.0,), ae_attack_examples=4, ae_attack_trials=1, margin_examples=4, margin_samples=4,
-        margin_search_steps=1, chain_steps=2, chain_examples=2, fid_features="classifier",
-        fid_cache_dir=str(tmp_path / "cache"), fid_classifier_train_examples=16, fid_classifier_epochs=1,
+    zoo.get_model_class("vae")(**config).save(directory.model_file)
+    directory.write_json(directory.config_file, {"model": "vae", "dataset": "celeb_a", **config,
+                                                 "image_shape": [64, 64, 3]})  # fmt: skip
+    configured = stages.build(
+        list(stages.STAGES), epsilons=(0.0, 0.1), attacks=("pgd", "apgd-dlr"), radius_examples=0,
+        probe_train_examples=16, probe_epochs=2, lambdas=(1.0,), ae_attack_examples=4, ae_attack_trials=1,
+        margin_examples=4, margin_samples=4, margin_attack_samples=2, margin_search_steps=1, chain_steps=2,
+        chain_examples=2, fid_features="classifier", fid_cache_dir=str(tmp_path / "cache"),
+        fid_classifier_train_examples=16, fid_classifier_epochs=1,
     )  # fmt: skip
+    common = Common(num_examples=8, batch_size=8, pgd_steps=2, restarts=1)
     output = str(tmp_path / "out")
     # zoo.data reads CelebA with tfds.builder(...).as_dataset, which mock_data patches (download_and_prepare
     # becomes a no-op, so the loader's "not prepared" path goes through to the mocked examples).
     with tfds.testing.mock_data(num_examples=16):
-        result = pipeline.evaluate_model(model_dir, output, settings, data_dir="/nonexistent", log=lambda _: None)
+        (result,) = evaluate.run([model_dir], output, data_dir="/nonexistent", stages=configured, common=common,
+                                 log=lambda _: None)  # fmt: skip
     assert result["dataset"] == "celeb_a"
     assert list(result["adversarial_accuracy"]) == list(data.CELEBA_ATTRIBUTES)
-    assert all(0.0 <= a <= 1.0 for per in result["adversarial_accuracy"].values() for a in per.values())
+    # Binary attributes: the DLR loss needs three classes, so only the project's PGD ran, and the JSON says why.
+    assert all(list(per) == ["pgd"] for per in result["adversarial_accuracy_per_attack"].values())
+    assert result["adversarial_accuracy"] == {task: per["pgd"] for task, per in
+                                              result["adversarial_accuracy_per_attack"].items()}  # fmt: skip
+    skipped = result["attack_budgets"]["apgd-dlr"]["skipped_tasks"]
+    assert set(skipped) == set(data.CELEBA_ATTRIBUTES) and "at least 3 classes" in skipped["Bald"]
     assert result["settings"]["ms_ssim"]["scales"] == 4  # 64-32-16-8 with the 7x7 window
     assert result["latent_attack"]["target_task"] == "Bald"
     assert np.isfinite(result["fid"]) and result["fid_features"]["kind"] == "classifier"
     assert len(result["fid_features"]["test_accuracy"]) == 17
-    for name in ("robustness.json", "robustness.md", "accuracy_vs_epsilon.png", "chain.png"):
+    for name in (ModelDir.ROBUSTNESS, ModelDir.ROBUSTNESS_REPORT, "accuracy_vs_epsilon.png", "chain.png"):
         assert os.path.exists(os.path.join(output, name)), name

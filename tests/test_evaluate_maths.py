@@ -1,11 +1,11 @@
-"""Pure parts of evaluate/: MS-SSIM settings, the margin bound and search, probes, chains, the interface."""
+"""Pure parts of evaluate/: MS-SSIM settings, the margin bound, attack and search, probes, chains, the interface."""
 
 import numpy as np
 import pytest
 import scipy.stats
 import tensorflow as tf
 
-from evaluate import chains, interface, margin, msssim, probes
+from evaluate import chains, interface, margin, msssim, probes, worst_case
 
 
 # --- MS-SSIM -----------------------------------------------------------------------------------------
@@ -118,6 +118,39 @@ def test_margin_bound_holds_against_the_attack_for_an_isotropic_gaussian_encoder
     assert np.all(hi < r)  # encoder noise uses part of the budget r
 
 
+def test_maximum_damage_attack_goes_through_the_posterior_noise():
+    # The encoder mean ignores the input and sigma(x) = mean pixel: only the noise term of Camuto et al.'s
+    # g(mu(x + d) + sigma(x + d) eta) reacts to d. An attack on the mean alone cannot move the decoder input;
+    # this one raises sigma (every pixel up by the radius) and breaks r-robustness.
+    dim, r = 16, 1.0
+
+    def encode(x):
+        return 0.0 * tf.reshape(x, [tf.shape(x)[0], dim])
+
+    def stddev(x):
+        return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], dim]), axis=1, keepdims=True) * tf.ones([1, dim])
+
+    def decode(z):
+        return z
+
+    x = tf.fill([3, dim], 0.1)  # sigma 0.1: ||sigma eta|| ~ 0.1 sqrt(16) = 0.4 < r, robust unperturbed
+    noise = tf.random.stateless_normal([8, 3, dim], [0, 1])
+    objective = margin.max_damage_objective(encode, decode, x, stddev, noise)
+    moved = tf.fill([3, dim], 0.6)
+    expected = np.mean(np.linalg.norm(0.6 * noise.numpy(), axis=2), axis=0)
+    np.testing.assert_allclose(objective(moved).numpy(), expected, rtol=1e-5)
+    assert np.all(margin.max_damage_objective(encode, decode, x)(moved).numpy() < 1e-5)  # the mean alone: no damage
+    robust_at = margin.make_robust_at(encode, decode, stddev, r, num_samples=256, steps=10, restarts=1)
+    robust, x_adv = robust_at(x, tf.fill([3], 2.4), tf.constant([0, 0]), tf.constant([5, 5]))
+    # L2 radius 2.4 over 16 pixels lets every pixel rise by 0.6 to 0.7: ||0.7 eta|| ~ 2.8 > r.
+    assert not np.any(robust.numpy())
+    np.testing.assert_allclose(tf.norm(x_adv - x, axis=1).numpy(), 2.4, rtol=1e-3)
+    robust_mean_only, _ = margin.make_robust_at(encode, decode, None, r, 1, steps=10, restarts=1)(
+        x, tf.fill([3], 2.4), tf.constant([0, 0]), tf.constant([5, 5])
+    )
+    assert np.all(robust_mean_only.numpy())
+
+
 # --- probes ------------------------------------------------------------------------------------------
 
 
@@ -135,24 +168,23 @@ def test_attack_objective_ranks_any_misclassified_input_above_every_correct_one(
     labels = tf.constant([0, 0], tf.int32)
     # Example 0: correct but unsure (high CE); example 1: wrong with a small margin (lower CE).
     logits = tf.constant([[0.1, 0.0, 0.0, 0.0, 0.0], [1.0, 1.01, -9.0, -9.0, -9.0]])
-    values = probes.attack_objective(lambda _: logits, labels)(None).numpy()
+    values = worst_case.attack_objective(lambda _: logits, labels)(None).numpy()
     assert values[1] > values[0]
     assert values[0] == pytest.approx(float(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)[0]))
 
 
-def test_adversarial_accuracy_of_a_linear_model_matches_the_closed_form():
+def test_project_pgd_accuracy_of_a_linear_model_matches_the_closed_form():
     # Encoder = identity on 2 pixels, probe logits (x0 - x1, x1 - x0): the label-0 example with
     # x0 - x1 = 0.2 flips exactly when 2 eps > 0.2 (L-inf).
-    def encode(x):
-        return tf.reshape(x, [tf.shape(x)[0], 2])
-
     w = tf.constant([[1.0, -1.0], [-1.0, 1.0]])
-    b = tf.zeros([2])
     x = tf.reshape(tf.constant([0.6, 0.4]), [1, 2, 1, 1])
     labels = tf.constant([0], tf.int32)
-    correct = probes.make_adversarial_correct(encode, steps=10, restarts=2)
+    correct = worst_case.make_pgd_correct(lambda v: tf.reshape(v, [-1, 2]) @ w, steps=10, restarts=2)
     for epsilon, expected in ((0.05, True), (0.09, True), (0.11, False), (0.3, False)):
-        assert bool(correct(x, labels, w, b, tf.constant(epsilon), tf.constant([0, 1]))[0]) is expected
+        assert bool(correct(x, labels, tf.constant(epsilon), tf.constant([0, 1]))[0]) is expected
+    # One radius per example: the same example at 0.09 and at 0.11.
+    both = correct(tf.concat([x, x], 0), tf.constant([0, 0]), tf.constant([0.09, 0.11]), tf.constant([0, 1]))
+    assert both.numpy().tolist() == [True, False]
 
 
 # --- chains and the interface --------------------------------------------------------------------------
@@ -167,19 +199,14 @@ def test_chain_of_a_consistent_autoencoder_does_not_drift_and_an_inconsistent_on
     np.testing.assert_allclose(chains.drift(latents), [0.5 * k * 2.0 for k in range(5)], rtol=1e-5)  # ||0.5 k 1_4||
 
 
-class _Deterministic:
-    """A model with only the zoo contract: call = code, decode; no posterior, no prior."""
+def test_interface_reads_the_zoo_model_interface():
+    import zoo
 
-    name = "deterministic"
-
-    def __call__(self, x, training=False):
-        return tf.reshape(x, [tf.shape(x)[0], -1])[:, :4]
-
-    def decode(self, z, training=False):
-        return tf.sigmoid(z)
-
-
-def test_interface_of_a_model_without_posterior_has_no_stddev_and_no_prior():
-    view = interface.from_model(_Deterministic())
-    assert view.stddev is None and view.sample_prior is None and not view.is_stochastic
-    assert view.encode_mean(tf.ones([2, 3, 3, 1])).shape == (2, 4)
+    vae = zoo.get_model_class("vae")(image_shape=(8, 8, 1), arch="mlp", latent_dim=3)
+    view = interface.from_model(vae)
+    x = tf.random.uniform([2, 8, 8, 1])
+    posterior = vae.posterior(x)
+    np.testing.assert_allclose(view.encode_mean(x).numpy(), posterior.mean().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(view.stddev(x).numpy(), posterior.stddev().numpy(), rtol=1e-6)
+    assert view.sample_prior(5, tf.constant([0, 1])).shape == (5, 3)
+    assert view.image_shape == (8, 8, 1) and view.name == "vae"
