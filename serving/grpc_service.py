@@ -5,12 +5,19 @@ package, so TF Serving gRPC clients (PredictionServiceStub) work unchanged.
 Implemented: Predict (with `output_filter`), GetModelMetadata
 (`signature_def`), GetModelStatus and HandleReloadConfigRequest; Classify,
 Regress and MultiInference answer UNIMPLEMENTED.
+
+As in TF Serving: Predict outputs fill the TensorProto's typed fields
+(`float_val`, `int64_val`, ...; `tensor_content` with
+`as_tensor_content`, TF Serving's `--enable_serialization_as_tensor_content`),
+a request runs until the client's deadline, messages may be up to INT32_MAX
+bytes, and `--grpc_channel_arguments` (`key=value,...`, a value that parses
+as a 32-bit integer passed as one) overrides any server channel argument.
 """
 
-import concurrent.futures
-
 import grpc
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
@@ -20,6 +27,62 @@ from tensorflow_serving.apis import (
 
 from serving import errors
 from serving.errors import ServingError, invalid_argument
+
+# numpy dtype -> (DataType, the TensorProto field Tensor::AsProtoField fills)
+_TYPED_FIELDS = {
+    np.dtype(np.float32): (types_pb2.DT_FLOAT, "float_val"),
+    np.dtype(np.float64): (types_pb2.DT_DOUBLE, "double_val"),
+    np.dtype(np.int32): (types_pb2.DT_INT32, "int_val"),
+    np.dtype(np.int16): (types_pb2.DT_INT16, "int_val"),
+    np.dtype(np.int8): (types_pb2.DT_INT8, "int_val"),
+    np.dtype(np.uint8): (types_pb2.DT_UINT8, "int_val"),
+    np.dtype(np.uint16): (types_pb2.DT_UINT16, "int_val"),
+    np.dtype(np.int64): (types_pb2.DT_INT64, "int64_val"),
+    np.dtype(np.uint32): (types_pb2.DT_UINT32, "uint32_val"),
+    np.dtype(np.uint64): (types_pb2.DT_UINT64, "uint64_val"),
+    np.dtype(np.bool_): (types_pb2.DT_BOOL, "bool_val"),
+    np.dtype(np.float16): (types_pb2.DT_HALF, "half_val"),
+}
+INT32_MAX = 2**31 - 1
+
+
+def array_to_tensor_proto(array, as_tensor_content=False):
+    """A numpy output as TF Serving writes it: typed fields (Tensor::AsProtoField) or tensor_content
+    (Tensor::AsProtoTensorContent; strings always use string_val)."""
+    array = np.asarray(array)
+    proto = tensor_pb2.TensorProto()
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    if array.dtype.kind in "OSU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(item.encode() if isinstance(item, str) else bytes(item) for item in array.reshape(-1))
+        return proto
+    if array.dtype not in _TYPED_FIELDS:
+        return tf.make_tensor_proto(array)  # complex, bfloat16, ...: TensorFlow's own encoding
+    proto.dtype, field = _TYPED_FIELDS[array.dtype]
+    if as_tensor_content:
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+        return proto
+    flat = array.reshape(-1)
+    if field == "half_val":  # the 16 bits of each half, as TensorFlow stores them
+        flat = flat.view(np.uint16)
+    getattr(proto, field).extend(flat.tolist())
+    return proto
+
+
+def parse_channel_arguments(text):
+    """`--grpc_channel_arguments` ("k=v,k=v") -> {key: int or str}, as TF Serving parses them."""
+    arguments = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        try:
+            number = int(value)
+            arguments[key] = number if -(2**31) <= number <= INT32_MAX else value
+        except ValueError:
+            arguments[key] = value
+    return arguments
 
 
 def _version_and_label(model_spec):
@@ -37,18 +100,18 @@ def _abort(context, error):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager, timeout_seconds=None):
+    def __init__(self, manager, as_tensor_content=False):
         self.manager = manager
-        self.timeout_seconds = timeout_seconds
+        self.as_tensor_content = as_tensor_content
 
     def Predict(self, request, context):
         try:
-            return self._predict(request)
+            return self._predict(request, context.time_remaining())
         except Exception as error:
             failure = error
         _abort(context, failure)
 
-    def _predict(self, request):
+    def _predict(self, request, timeout):
         spec = request.model_spec
         if not spec.name:
             raise invalid_argument("Missing ModelSpec")
@@ -69,15 +132,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 )
             future = servable.submit(signature.name, inputs, self.manager.executor)
             try:
-                outputs = future.result(self.timeout_seconds)
-            except concurrent.futures.TimeoutError:
+                outputs = future.result(timeout)
+            except TimeoutError:
+                future.cancel()  # a call that has not started never runs
                 raise ServingError(errors.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             response = predict_pb2.PredictResponse()
             response.model_spec.name = spec.name
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = signature.name
             for name in wanted:
-                response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
+                response.outputs[name].CopyFrom(array_to_tensor_proto(outputs[name], self.as_tensor_content))
             return response
 
     def GetModelMetadata(self, request, context):
@@ -123,8 +187,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         try:
             if request.config.WhichOneof("config") != "model_config_list":
                 raise invalid_argument("only model_config_list configs are supported")
-            self.manager.set_config(request.config)
-            self.manager.poll()
+            self.manager.reload_config(request.config)
         except Exception as error:
             error = errors.from_exception(error)
             enum = response.status.DESCRIPTOR.fields_by_name["error_code"].enum_type
@@ -133,22 +196,29 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def create_server(manager, address, max_workers=16, max_message_bytes=64 * 1024 * 1024, timeout_seconds=None):
-    """A started grpc.Server on `address` ("host:port"); returns (server, bound port)."""
+def create_server(manager, addresses, max_workers=16, channel_arguments=None, as_tensor_content=False):
+    """A started grpc.Server on `addresses` ("host:port" or "unix:path"); returns (server, bound ports)."""
+    import concurrent.futures
+
+    options = {
+        "grpc.max_receive_message_length": INT32_MAX,
+        "grpc.max_send_message_length": INT32_MAX,
+        "grpc.so_reuseport": 0,
+    }
+    options.update(channel_arguments or {})
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=list(options.items()),
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, timeout_seconds), server
+        PredictionService(manager, as_tensor_content), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
-    port = server.add_insecure_port(address)
-    if not port:
-        raise OSError(f"could not bind the gRPC server to {address}")
+    ports = []
+    for address in addresses:
+        port = server.add_insecure_port(address)
+        if not port:
+            raise OSError(f"could not bind the gRPC server to {address}")
+        ports.append(port)
     server.start()
-    return server, port
+    return server, ports

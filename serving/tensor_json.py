@@ -2,21 +2,34 @@
 
 Follows tensorflow_serving/util/json_tensor.cc and the REST API doc
 (g3doc/api_rest.md): the row (`instances`) and columnar (`inputs`) request
-formats, `{"b64": ...}` binary strings, `NaN`/`Infinity` tokens, lossless
-number conversion, and the `predictions` / `outputs` response shapes. Error
-messages reproduce TF Serving's wording so clients that match on them work.
+formats, `{"b64": ...}` binary strings, `NaN`/`Infinity` tokens, TF
+Serving's number conversion (any JSON number fills a float tensor, cast as
+`static_cast<float>(double)`; integer tensors take integers only), and the
+`predictions` / `outputs` response shapes. Error messages reproduce TF
+Serving's wording so clients that match on them work.
 
-Parsing is done with orjson; a body orjson rejects (it has no `NaN` or
-`Infinity` tokens) is parsed again with the standard library, which accepts
-them as TF Serving does. Numeric inputs take a vectorised numpy path and only
-fall back to an element-by-element walk, which produces TF Serving's error
-messages, when that path cannot convert the value exactly.
+Parsing (`parse_json`) has two paths with one result:
+
+- Fast: every array that holds only numbers is located in the body text,
+  checked to be dense (its bracket structure must be the one its shape
+  implies, compared as text) and parsed as one flat list by orjson; it
+  becomes a `NumberArray`, converted to a numpy array in one call once its
+  tensor's dtype is known. The rest of the document is parsed by orjson
+  with a placeholder where each array was. No Python code runs per number.
+- Exact: anything else (`NaN`/`Infinity` tokens, `true` or strings among
+  numbers, ragged arrays, invalid JSON) is parsed as a whole, by orjson or,
+  for the tokens orjson rejects, by the standard library, and converted
+  element by element as TF Serving's FillTensorProto does, which also
+  produces its error messages.
 """
 
 import base64
 import binascii
+import functools
 import json
 import math
+import re
+import struct
 
 import numpy as np
 import orjson
@@ -43,12 +56,8 @@ _INT_RANGES = {
     DT_UINT8: (-(2**31), 2**31 - 1), DT_INT64: (-(2**63), 2**63 - 1), DT_UINT32: (0, 2**32 - 1),
     DT_UINT64: (0, 2**64 - 1),
 }  # fmt: skip
-# Largest integer a float type holds exactly, and its largest finite value.
-_FLOAT_LIMITS = {
-    DT_FLOAT: (2**24 - 1, float(np.finfo(np.float32).max)),
-    DT_HALF: (2**24 - 1, float(np.finfo(np.float32).max)),
-    DT_DOUBLE: (2**53 - 1, float(np.finfo(np.float64).max)),
-}  # fmt: skip
+# Any JSON number converts to these (TF Serving: val.GetFloat() / GetDouble()).
+_FLOAT_TYPES = (DT_FLOAT, DT_DOUBLE, DT_HALF)
 
 ROW = "row"
 COLUMNAR = "columnar"
@@ -63,33 +72,219 @@ def dtype_name(dtype):
 # JSON parsing
 
 
+class NumberArray:
+    """A dense JSON array of numbers from a request: its values as one flat list, and its shape.
+
+    Stands in the parsed document for the array until the dtype of the tensor
+    it fills is known (`to_array`); `to_list` gives the nested lists the exact
+    path and error messages need.
+    """
+
+    __slots__ = ("values", "shape")
+
+    def __init__(self, values, shape):
+        self.values = values
+        self.shape = shape
+
+    def to_array(self, dtype):
+        """The numpy array for a tensor of `dtype`, or None where only the exact path can answer."""
+        if dtype in _FLOAT_TYPES:
+            values = self.values
+            try:  # struct converts a list of numbers to doubles fastest (numpy goes through an iterator)
+                if len(values) <= _PACK_CHUNK:
+                    packed = struct.pack(f"{len(values)}d", *values)
+                else:  # in parts: bounds the argument tuple
+                    parts = (values[i : i + _PACK_CHUNK] for i in range(0, len(values), _PACK_CHUNK))
+                    packed = b"".join(struct.pack(f"{len(part)}d", *part) for part in parts)
+            except (OverflowError, struct.error):
+                return None
+            with np.errstate(over="ignore"):  # beyond float32: +-inf, as TF Serving's cast of the double gives
+                array = np.frombuffer(packed, np.float64).astype(NUMPY_DTYPES[dtype])
+            return array.reshape(self.shape)
+        if dtype in _INT_RANGES:
+            array = np.array(self.values)  # int64 when every value is an integer that fits
+            low, high = _INT_RANGES[dtype]
+            if array.dtype.kind != "i" or array.min() < low or array.max() > high:
+                return None
+            return array.astype(NUMPY_DTYPES[dtype]).reshape(self.shape)
+        return None
+
+    def to_list(self):
+        nested = np.empty(len(self.values), dtype=object)
+        nested[:] = self.values
+        return nested.reshape(self.shape).tolist()
+
+
+def _number_array_default(value):
+    """orjson's `default`: NumberArrays are written as the JSON arrays they came from."""
+    if isinstance(value, NumberArray):
+        return value.to_list()
+    raise TypeError
+
+
+def _string_default(value):
+    """The standard library's `default`, for what orjson cannot write (NaN, huge integers)."""
+    return value.to_list() if isinstance(value, NumberArray) else str(value)
+
+
+# A string (its closing quote optional, so that an unterminated one still ends
+# the scan in one step) or the start of an array.
+_STRING_OR_ARRAY = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"?|\[')
+_DIGIT = re.compile(rb"[0-9]")
+_NUMBER_AND_SPACE = b"0123456789.eE+- \t\r\n"
+_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+# In a valid document an array of numbers is followed (after commas and white
+# space) by the end of its object, the next key, or an object in the list
+# that holds it; anything else between (true, NaN, a string in the array, ...)
+# fails the structure check and leaves the document to the exact path.
+_AFTER_ARRAY = (b"}", b'"', b"{")
+_PLACEHOLDER = "\x00"  # a key no request can hold without writing \u0000, which disables the fast path
+_MAX_FAST_RANK = 32
+_CACHED_STRUCTURE_BYTES = 1 << 16  # structures up to this size have their shape cached
+_PACK_CHUNK = 1 << 20  # numbers per struct.pack call, at most
+
+
+def _dense_structure(dims):
+    """The text of a dense array of shape `dims` with its numbers (and white space) removed."""
+    text = b""
+    for size in reversed(dims):
+        text = b"[" + b",".join([text] * size) + b"]"
+    return text
+
+
+def _dense_shape_of(structure):
+    """The shape whose dense structure `structure` is, or None (ragged, not an array of numbers)."""
+    if len(structure) <= _CACHED_STRUCTURE_BYTES:  # requests of a model repeat a few shapes
+        return _cached_dense_shape_of(structure)
+    return _infer_dense_shape(structure)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_dense_shape_of(structure):
+    return _infer_dense_shape(structure)
+
+
+def _infer_dense_shape(structure):
+    rank = len(structure) - len(structure.lstrip(b"["))
+    if not 0 < rank <= _MAX_FAST_RANK:
+        return None
+    dims, child_length = [], 0
+    for level in range(rank, 0, -1):  # innermost list first
+        # The first list at `level` starts at offset level - 1 and ends with
+        # the first run of (rank - level + 1) closing brackets.
+        closing = structure.find(b"]" * (rank - level + 1))
+        if closing < 0:
+            return None
+        length = closing + (rank - level + 1) - (level - 1)
+        size, rest = divmod(length - 1, child_length + 1)  # length = 2 + size * child_length + (size - 1)
+        if rest or size < 1:
+            return None
+        dims.append(size)
+        child_length = length
+    dims.reverse()
+    return tuple(dims) if _dense_structure(dims) == structure else None
+
+
+def _parse_with_number_arrays(body):
+    """The document with each dense array of numbers as a NumberArray; None where the exact path must parse it."""
+    if b"\\u0000" in body:
+        return None
+    pieces, arrays, position, done = [], [], 0, 0
+    while True:
+        match = _STRING_OR_ARRAY.search(body, position)
+        if match is None:
+            break
+        if match.group() != b"[":  # a string: skipped whole
+            position = match.end()
+            continue
+        start = match.start()
+        ends = [i for i in (body.find(c, start) for c in _AFTER_ARRAY) if i >= 0]
+        text = body[start : min(ends) if ends else len(body)].rstrip(b" \t\r\n,")
+        if not _DIGIT.search(text):  # e.g. the `[` of a list of objects or strings
+            position = start + 1
+            continue
+        structure = text.translate(None, _NUMBER_AND_SPACE)
+        if not text.endswith(b"]") or structure.translate(None, b"[],"):
+            return None  # something other than numbers: true, NaN, a string, ...
+        shape = _dense_shape_of(structure)
+        if shape is None:
+            return None
+        flat = bytearray(text.translate(_BRACKETS_TO_SPACES))  # one flat list: no nested lists to build
+        flat[0], flat[-1] = 0x5B, 0x5D  # its own brackets
+        try:
+            values = orjson.loads(flat)
+        except orjson.JSONDecodeError:
+            return None  # not valid JSON numbers
+        if len(values) != math.prod(shape):
+            return None
+        pieces += [body[done:start], b'{"\\u0000":%d}' % len(arrays)]
+        arrays.append(NumberArray(values, shape))
+        position = done = start + len(text)
+    if not arrays:
+        return None
+    pieces.append(body[done:])
+    try:
+        doc = orjson.loads(b"".join(pieces))
+    except orjson.JSONDecodeError:
+        return None
+    return _put_number_arrays(doc, arrays)
+
+
+def _is_placeholder(value):
+    return isinstance(value, dict) and len(value) == 1 and _PLACEHOLDER in value
+
+
+def _put_number_arrays(doc, arrays):
+    if _is_placeholder(doc):
+        return arrays[doc[_PLACEHOLDER]]
+    stack = [doc]
+    while stack:  # iterative: documents may nest deeper than Python's recursion limit
+        container = stack.pop()
+        for key, value in container.items() if isinstance(container, dict) else enumerate(container):
+            if _is_placeholder(value):
+                container[key] = arrays[value[_PLACEHOLDER]]
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+    return doc
+
+
 def parse_json(body):
-    """Parses a request body as TF Serving does; returns the top-level object."""
+    """Parses a request body as TF Serving does; returns the top-level object (arrays of numbers as NumberArray)."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            text = body.decode("utf-8") if isinstance(body, (bytes, bytearray, memoryview)) else body
-            doc = json.loads(text)
-        except UnicodeDecodeError as error:
-            raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
-        except json.JSONDecodeError as error:
-            raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
-        except RecursionError:
-            raise invalid_argument("JSON Parse error: document nested too deeply") from None
+    if isinstance(body, str):
+        body = body.encode("utf-8", errors="surrogatepass")
+    doc = _parse_with_number_arrays(bytes(body))
+    if doc is None:
+        doc = _parse_exactly(body)
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {value_to_string(doc)} Is not object")
     return doc
 
 
+def _parse_exactly(body):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # orjson has no NaN or Infinity tokens; TF Serving (rapidjson) accepts them
+        return json.loads(bytes(body).decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
+    except json.JSONDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: document nested too deeply") from None
+
+
 def value_to_string(value):
     """A JSON value for an error message (TF Serving's JsonValueToString), truncated."""
+    if isinstance(value, NumberArray):
+        value = value.to_list()
     try:
-        text = orjson.dumps(value).decode()
+        text = orjson.dumps(value, default=_number_array_default).decode()
     except TypeError:
-        text = json.dumps(value, allow_nan=True, default=str)
+        text = json.dumps(value, allow_nan=True, default=_string_default)
     if isinstance(value, float) and not math.isfinite(value):
         text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if len(text) > _MAX_VALUE_CHARS:
@@ -106,7 +301,7 @@ def json_type_string(value):
         return "False"
     if isinstance(value, dict):
         return "Object"
-    if isinstance(value, list):
+    if isinstance(value, (list, NumberArray)):
         return "Array"
     if isinstance(value, str):
         return "String"
@@ -142,19 +337,9 @@ def _decode_b64(value):
 
 def _scalar(value, dtype):
     """Converts one JSON leaf to a Python value of `dtype`, or returns a ServingError."""
-    if dtype in _FLOAT_LIMITS:
+    if dtype in _FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _type_error(value, dtype)
-        max_int, max_value = _FLOAT_LIMITS[dtype]
-        if isinstance(value, int):
-            if abs(value) > max_int:
-                return invalid_argument(
-                    f"Cannot convert JSON value: {value} to {dtype_name(dtype)} without loss of precision."
-                )
-        elif math.isfinite(value) and abs(value) > max_value:
-            return invalid_argument(
-                f"Cannot convert JSON value: {value_to_string(value)} to {dtype_name(dtype)} without loss of precision."
-            )
         return value
     if dtype == DT_STRING:
         if isinstance(value, str):
@@ -219,49 +404,23 @@ def _walk(value, dtype):
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
     else:
-        array = np.array(flat, dtype=np_dtype)
+        try:
+            with np.errstate(over="ignore"):
+                array = np.array(flat, dtype=np_dtype)
+        except OverflowError:  # an integer beyond any double (the standard library parses those)
+            raise invalid_argument("JSON Parse error: Number too big to be stored in double") from None
     return array.reshape(shape)
 
 
-def _fast_numeric(value, dtype):
-    """Vectorised conversion of numbers; None when the exact walk is needed."""
-    try:
-        array = np.array(value)
-    except (ValueError, TypeError, OverflowError):
-        return None  # ragged or otherwise irregular
-    kind = array.dtype.kind
-    if dtype in _FLOAT_LIMITS:
-        if kind == "f":
-            finite = array[np.isfinite(array)] if array.size else array
-            if finite.size and np.abs(finite).max() > _FLOAT_LIMITS[dtype][1]:
-                return None
-        elif kind in "iu":
-            if array.size and np.abs(array).max() > _FLOAT_LIMITS[dtype][0]:
-                return None
-        else:
-            return None
-        return array.astype(NUMPY_DTYPES[dtype], copy=False)
-    if dtype in _INT_RANGES:
-        if kind not in "iu":
-            return None
-        low, high = _INT_RANGES[dtype]
-        if array.size and (array.min() < low or array.max() > high):
-            return None
-        return array.astype(NUMPY_DTYPES[dtype], copy=False)
-    if dtype == DT_BOOL:
-        return array if kind == "b" else None
-    return None
-
-
 def json_to_array(value, dtype):
-    """One JSON value (scalar or nested list) -> numpy array of `dtype`."""
-    if dtype != DT_STRING and isinstance(value, (list, int, float)) and not isinstance(value, bool):
-        array = _fast_numeric(value, dtype)
-        if array is not None and array.dtype != object:
+    """One JSON value (scalar, nested list or NumberArray) -> numpy array of `dtype`."""
+    if isinstance(value, NumberArray):
+        array = value.to_array(dtype)
+        if array is not None:
             return array
-    if not isinstance(value, list):  # scalar: rank 0
-        if isinstance(value, dict) and dtype != DT_STRING:
-            raise _type_error(value, dtype)
+        value = value.to_list()  # the exact path says what is wrong
+    if isinstance(value, dict) and dtype != DT_STRING:
+        raise _type_error(value, dtype)
     return _walk(value, dtype)
 
 
@@ -289,6 +448,12 @@ def _shape_string(shape):
 
 def _instances_to_arrays(instances, input_dtypes):
     names = sorted(input_dtypes)
+    if isinstance(instances, NumberArray) and len(names) == 1:  # one dense array: its rows are the batch
+        array = instances.to_array(input_dtypes[names[0]])
+        if array is not None:
+            return {names[0]: array}
+    if isinstance(instances, NumberArray):
+        instances = instances.to_list()  # the exact path says what is wrong
     first = instances[0]
     if not isinstance(first, dict) and len(names) > 1:
         raise invalid_argument(
@@ -302,22 +467,17 @@ def _instances_to_arrays(instances, input_dtypes):
             if isinstance(item, dict) and not is_b64_object(item):
                 raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
         dtype = input_dtypes[name]
-        array = None
-        if dtype != DT_STRING:
-            array = _fast_numeric(instances, dtype)
-        if array is None or array.dtype == object:
-            rows = []
-            for index, item in enumerate(instances):
-                try:
-                    rows.append(json_to_array(item, dtype))
-                except Exception as error:
-                    raise invalid_argument(
-                        f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: "
-                        f"{getattr(error, 'message', error)}"
-                    ) from None
-                _check_same_shape(rows, index)
-            array = _stack(rows, dtype)
-        return {name: array}
+        rows = []
+        for index, item in enumerate(instances):
+            try:
+                rows.append(json_to_array(item, dtype))
+            except Exception as error:
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: "
+                    f"{getattr(error, 'message', error)}"
+                ) from None
+            _check_same_shape(rows, index)
+        return {name: _stack(rows, dtype)}
 
     wanted = set(names)
     columns = {name: [] for name in names}
@@ -396,7 +556,7 @@ def request_to_arrays(doc, input_dtypes):
         raise _format_error(doc, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ")
     if has_instances:
         instances = doc["instances"]
-        if not isinstance(instances, list):
+        if not isinstance(instances, (list, NumberArray)):
             raise _format_error(doc, "Excepting 'instances' to be an list/array")
         if not instances:
             raise _format_error(doc, "No values in 'instances' array")

@@ -1,4 +1,4 @@
-"""serving.server in a subprocess: TF Serving's REST and gRPC APIs, errors, load, hot swap, SIGTERM."""
+"""serving.server in a subprocess: TF Serving's REST and gRPC APIs, errors, flags, load, hot swap, SIGTERM."""
 
 import base64
 import concurrent.futures
@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 
 from export import encoder
-from zoo import training
+from train import loop
+from zoo import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (28, 28, 1)
@@ -28,8 +29,18 @@ MAX_BYTES = 2_000_000
 BATCHING = "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\nnum_batch_threads { value: 2 }\n"
 
 
+IGNORED_FLAGS = ["--flush_filesystem_caches=false", "--ssl_config_file=/nonexistent/ssl.config",
+                 "--per_process_gpu_memory_fraction=0.5", "--monitoring_config_file=/nonexistent/monitoring.config",
+                 "--xla_cpu_compilation_enabled=true", "--enable_profiler=false", "--num_load_threads=2"]
+TF_SERVING_FLAGS = ["--rest_api_enable_cors_support", "--grpc_channel_arguments=grpc.max_receive_message_length=65536",
+                    "--saved_model_tags=serve", "--max_num_load_retries=0", "--load_retry_interval_micros=0",
+                    "--file_system_poll_wait_seconds=0.2", "--tensorflow_session_parallelism=2",
+                    "--enable_serialization_as_tensor_content=false", *IGNORED_FLAGS]  # fmt: skip
+
+
 def tiny_model(seed):
-    model = training.build_model(
+    registry.import_all_models()
+    model = loop.build_model(
         "avae", tf.distribute.get_strategy(), image_shape=SHAPE, arch="mlp", latent_dim=LATENT, seed=seed
     )
     keras_seed_images = np.random.default_rng(seed).uniform(size=(2, *SHAPE)).astype(np.float32)
@@ -107,21 +118,31 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     batched_base, swap_base = root / "batched" / NAME, root / "swap" / NAME
     path = encoder.export(tiny_model(seed=1), str(root / "batched"), NAME)
-    shutil.copytree(path, swap_base / "1")
+    swap_base.mkdir(parents=True)
     (root / "batching.txt").write_text(BATCHING)
     # Two REST worker processes share the port: every REST test runs against both.
     batched = Server(
         str(batched_base), "--enable_batching", f"--batching_parameters_file={root / 'batching.txt'}",
         f"--rest_api_max_request_bytes={MAX_BYTES}", "--rest_api_workers=2",
     )  # fmt: skip
-    plain = Server(str(swap_base), "--file_system_poll_wait_seconds=0.2")
+    # The unbatched server starts with tensorflow_model_server's flags and no version: it must wait with its
+    # ports closed (the flags test, first in file order, watches that and adds version 1); hot swap and SIGTERM
+    # tests run on it next.
+    swap = Server(str(swap_base), *TF_SERVING_FLAGS)
     try:
         ref = reference(path)
-        yield {"server": batched.wait_ready(processes=2), "swap_server": plain.wait_ready(), "ref": ref,
-               "swap_base": swap_base}  # fmt: skip
+        yield {"server": batched.wait_ready(processes=2), "swap_server": swap, "ref": ref, "swap_base": swap_base,
+               "export": path}  # fmt: skip
     finally:
         batched.stop()
-        plain.stop()
+        swap.stop()
+
+
+def swap_server(setup):
+    """The unbatched server, serving version 1 at least."""
+    if not (setup["swap_base"] / "1").exists():
+        shutil.copytree(setup["export"], setup["swap_base"] / "1")
+    return setup["swap_server"].wait_ready()
 
 
 def post(url, body, **kwargs):
@@ -247,7 +268,11 @@ BAD_REQUESTS += [
     ("nan", ":predict", _float_body("NaN"), 400, "must be finite"),
     ("infinity", ":predict", _float_body("Infinity"), 400, "must be finite"),
     ("minus_infinity", ":predict", _float_body("-Infinity"), 400, "must be finite"),
-    ("float_overflow", ":predict", _float_body("1e39"), 400, "without loss of precision"),
+    ("float_overflow", ":predict", _float_body("1e39"), 400, "must be finite"),  # TF Serving: cast to +inf
+    ("true_among_floats", ":predict", _float_body("true"), 400, "JSON Value: true Type: True is not of expected type: float"),
+    ("string_among_floats", ":predict", _float_body('"0.5"'), 400, 'Type: String is not of expected type: float'),
+    ("over_max_batch_size", ":predict", {"instances": images(33, seed=21)}, 400,
+     "Task size 33 is larger than maximum input batch size 32"),
 ]
 
 
@@ -264,7 +289,7 @@ def test_bad_request(setup, case):
 @pytest.mark.parametrize(
     "method, path, status, message",
     [
-        ("POST", f"/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
+        ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
         ("POST", f"/v1/models/{NAME}/versions/99:predict", 404, f"Servable not found for request: Specific({NAME}, 99)"),
         ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
         ("GET", f"/v1/models/{NAME}/versions/99", 404, f"Could not find version 99 of model {NAME}"),
@@ -319,8 +344,21 @@ def test_grpc_prediction_and_model_service(setup):
     response = stub.Predict(request, timeout=30)
     assert response.model_spec.version.value == 1 and response.model_spec.signature_name == "serving_default"
     expected = setup["ref"](images=x)
-    close(tf.make_ndarray(response.outputs["embedding"]), expected["embedding"])
+    # TF Serving fills the typed fields: a client reading float_val gets the embedding.
+    embedding = response.outputs["embedding"]
+    assert not embedding.tensor_content and [d.size for d in embedding.tensor_shape.dim] == [3, LATENT]
+    close(np.reshape(embedding.float_val, (3, LATENT)), expected["embedding"])
     close(tf.make_ndarray(response.outputs["stddev"]), expected["stddev"])
+    # Messages up to INT32_MAX bytes (TF Serving), whatever the REST limit (2 MB here): a 3 MB request
+    # reaches the batcher, which refuses 1,000 rows.
+    big = predict_pb2.PredictRequest()
+    big.model_spec.name = NAME
+    big.inputs["images"].CopyFrom(tf.make_tensor_proto(images(1000, seed=22)))
+    assert big.ByteSize() > MAX_BYTES
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(big, timeout=60)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Task size 1000 is larger than maximum input batch size 32" in error.value.details()
     request.output_filter.append("stddev")
     assert list(stub.Predict(request, timeout=30).outputs) == ["stddev"]
 
@@ -368,6 +406,66 @@ def test_python_client_rest_and_grpc(setup):
         with pytest.raises(ServingClientError) as error:
             ServingClient(server.url, "nope").embed(x)
         assert error.value.status == 404
+
+
+# ----------------------------------------------------------------------------
+# tensorflow_model_server's flags, start-up and CORS
+
+
+def test_tf_serving_flags_readiness_cors_and_grpc_channel_arguments(setup):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    server = setup["swap_server"]
+    deadline = time.monotonic() + 180
+    while "waiting for a version of avae" not in server.output(tail=None):
+        assert server.proc.poll() is None, f"every tensorflow_model_server flag is accepted:\n{server.output()}"
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.2)
+    warnings = [line for line in server.output(tail=None).splitlines() if "tensorflow_model_server flags" in line]
+    assert len(warnings) == 1, warnings
+    assert all(flag.split("=")[0] in warnings[0] for flag in IGNORED_FLAGS), warnings[0]
+    assert "--rest_api_enable_cors_support" not in warnings[0] and "--grpc_channel_arguments" not in warnings[0]
+    for port in (server.rest_port, server.grpc_port):  # no model yet: no port open
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    swap_server(setup)
+
+    url = f"{server.url}/v1/models/{NAME}"
+    preflight = httpx.options(url + ":predict", headers={"Origin": "https://app.example"})
+    assert preflight.status_code == 200 and preflight.content == b""
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert preflight.headers["access-control-allow-methods"] == "POST, GET"
+    assert preflight.headers["access-control-allow-headers"] == "Content-Type"
+    no_origin = httpx.options(url)
+    assert no_origin.status_code == 400 and no_origin.json() == {"error": "Origin header is missing in CORS preflight"}
+    x = images(1, seed=23)
+    answer = post(url + ":predict", {"instances": x})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "*"
+    close([r["embedding"] for r in answer.json()["predictions"]], setup["ref"](images=x)["embedding"])
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = NAME
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(x))
+        assert list(stub.Predict(request, timeout=30).outputs["embedding"].float_val)
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(images(30, seed=24)))  # 94 KB > 64 KB
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=30)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # --grpc_channel_arguments applies
+
+
+def test_batching_parameters_file_without_enable_batching_is_a_start_up_error(tmp_path):
+    parameters = tmp_path / "batching.txt"
+    parameters.write_text(BATCHING)
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.server", f"--model_base_path={tmp_path}", f"--batching_parameters_file={parameters}",
+         f"--rest_api_port={free_port()}", f"--port={free_port()}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "batching_parameters_file is set without setting server_options.enable_batching to true" in result.stderr
 
 
 # ----------------------------------------------------------------------------
@@ -430,11 +528,11 @@ def test_a_rejected_request_fails_alone_in_its_batch(setup):
 
 
 # ----------------------------------------------------------------------------
-# Hot swap and graceful shutdown (the unbatched server)
+# Hot swap and graceful shutdown (the unbatched server, after the flags test)
 
 
 def test_hot_swap_to_a_new_version_under_load(setup):
-    server, swap_base = setup["swap_server"], setup["swap_base"]
+    server, swap_base = swap_server(setup), setup["swap_base"]
     x = images(2, seed=19)
     v1 = setup["ref"](images=x)["embedding"]
     stop, results, failures = threading.Event(), [], []
@@ -484,7 +582,7 @@ def test_hot_swap_to_a_new_version_under_load(setup):
 
 
 def test_sigterm_lets_in_flight_requests_finish(setup):
-    server = setup["swap_server"]
+    server = swap_server(setup)
     body = orjson.dumps({"instances": images(1, seed=20)}, option=orjson.OPT_SERIALIZE_NUMPY)
     head = (f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip

@@ -1,7 +1,7 @@
-"""serving internals in process: batching, TF Serving's JSON mapping, config files, versions and labels."""
+"""serving internals in process: batching, TF Serving's JSON mapping, gRPC tensors, REST CORS and limits."""
 
+import asyncio
 import concurrent.futures
-import shutil
 
 import numpy as np
 import orjson
@@ -10,7 +10,9 @@ import tensorflow as tf
 
 from serving import batching, tensor_json
 from serving.errors import ServingError
-from serving.manager import ModelManager, list_versions, read_model_config_file
+
+# ----------------------------------------------------------------------------
+# Batching parameters and scheduler
 
 
 def test_batching_parameters_text_proto():
@@ -20,29 +22,57 @@ def test_batching_parameters_text_proto():
     )
     assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads) == (16, 500, 3)
     assert options.max_enqueued_batches == 7 and options.allowed_batch_sizes == (8, 16)
-    with pytest.raises(ValueError, match="must equal max_batch_size"):
+    assert not options.enable_large_batch_splitting and options.execution_batch_size == 16
+    with pytest.raises(ValueError, match="Last entry in allowed_batch_sizes must match max_batch_size"):
         batching.parse_batching_parameters("max_batch_size { value: 16 }\nallowed_batch_sizes: 8\n")
+    with pytest.raises(Exception, match="no_such_field"):  # TF Serving refuses unknown fields too
+        batching.parse_batching_parameters("no_such_field { value: 1 }\n")
 
 
-def test_batch_scheduler_merges_pads_and_splits_rows():
-    calls = []
+def test_large_batch_splitting_is_a_bool_value_and_enables_max_execution_batch_size():
+    # TF Serving's proto: enable_large_batch_splitting is a google.protobuf.BoolValue.
+    split = batching.parse_batching_parameters(
+        "max_batch_size { value: 64 }\nenable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 16 }\n"
+    )
+    assert split.enable_large_batch_splitting and split.execution_batch_size == 16
+    # Without splitting, max_execution_batch_size is ignored (bundle_factory_util.h GetQueueOptions).
+    plain = batching.parse_batching_parameters("max_batch_size { value: 64 }\nmax_execution_batch_size { value: 16 }\n")
+    assert not plain.enable_large_batch_splitting and plain.execution_batch_size == 64
+    off = batching.parse_batching_parameters(
+        "max_batch_size { value: 64 }\nenable_large_batch_splitting { value: false }\nmax_execution_batch_size { value: 16 }\n"
+    )
+    assert off.execution_batch_size == 64
+    with pytest.raises(ValueError, match="input_batch_size_limit must be greater than or equal to max_execution"):
+        batching.parse_batching_parameters(
+            "max_batch_size { value: 8 }\nenable_large_batch_splitting { value: true }\nmax_execution_batch_size { value: 16 }\n"
+        )
 
+
+def _doubling_model(calls):
     def run(signature, inputs):
         calls.append(inputs["x"].shape[0])
         if np.isnan(inputs["x"]).any():
             raise tf.errors.InvalidArgumentError(None, None, "NaN")
         return {"y": inputs["x"] * 2, "sum": inputs["x"].sum(axis=1)}
 
+    return run
+
+
+def test_batch_scheduler_merges_pads_and_refuses_requests_over_max_batch_size():
+    calls = []
     options = batching.BatchingOptions(max_batch_size=16, batch_timeout_micros=20_000, num_batch_threads=2,
                                        allowed_batch_sizes=(4, 16))  # fmt: skip
-    scheduler = batching.BatchScheduler(run, options)
+    scheduler = batching.BatchScheduler(_doubling_model(calls), options)
     try:
+        with pytest.raises(ServingError, match="Task size 17 is larger than maximum input batch size 16") as error:
+            scheduler.submit("sig", {"x": np.ones((17, 2), np.float32)})
+        assert error.value.code == "INVALID_ARGUMENT" and error.value.http_status == 400
         rows = [np.full((1 + i % 3, 2), i, np.float32) for i in range(30)]
         rows[7][0, 0] = np.nan  # fails alone; its batch-mates still succeed
-        big = np.ones((40, 2), np.float32)  # larger than max_batch_size: runs on its own
-        futures = [scheduler.submit("sig", {"x": x}) for x in rows] + [scheduler.submit("sig", {"x": big})]
+        futures = [scheduler.submit("sig", {"x": x}) for x in rows]
         other = scheduler.submit("sig", {"x": np.zeros((2, 3), np.float32)})  # other shape: never merged
-        for i, (future, x) in enumerate(zip(futures, rows + [big])):
+        for i, (future, x) in enumerate(zip(futures, rows)):
             if i == 7:
                 with pytest.raises(tf.errors.InvalidArgumentError):
                     future.result(30)
@@ -51,8 +81,29 @@ def test_batch_scheduler_merges_pads_and_splits_rows():
             np.testing.assert_array_equal(out["y"], x * 2)
             np.testing.assert_array_equal(out["sum"], x.sum(axis=1))
         assert other.result(30)["y"].shape == (2, 3)
-        assert max(calls) == 40 and any(4 < c <= 16 for c in calls), calls
-        assert all(c in (4, 16) or c == 40 or c <= 3 for c in calls), calls  # padded to allowed sizes
+        assert any(4 < c <= 16 for c in calls), calls  # merged
+        assert all(c in (4, 16) or c <= 3 for c in calls), calls  # padded to allowed sizes, never over 16
+    finally:
+        scheduler.stop()
+
+
+def test_large_batch_splitting_runs_a_request_in_pieces_and_joins_them():
+    calls = []
+    options = batching.BatchingOptions(max_batch_size=64, num_batch_threads=1, enable_large_batch_splitting=True,
+                                       max_execution_batch_size=16)  # fmt: skip
+    scheduler = batching.BatchScheduler(_doubling_model(calls), options)
+    try:
+        x = np.arange(40 * 2, dtype=np.float32).reshape(40, 2)
+        out = scheduler.submit("sig", {"x": x}).result(30)
+        np.testing.assert_array_equal(out["y"], x * 2)
+        np.testing.assert_array_equal(out["sum"], x.sum(axis=1))
+        assert sorted(calls) == [8, 16, 16], calls
+        with pytest.raises(ServingError, match="Task size 65 is larger than maximum input batch size 64"):
+            scheduler.submit("sig", {"x": np.ones((65, 2), np.float32)})
+        bad = x.copy()
+        bad[20, 0] = np.nan  # one piece fails: the whole request fails, once
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            scheduler.submit("sig", {"x": bad}).result(30)
     finally:
         scheduler.stop()
 
@@ -71,12 +122,40 @@ def test_batch_queue_full_is_unavailable():
         while not first.running():
             pass
         scheduler.submit("s", {"x": np.zeros((2, 1))})
-        with pytest.raises(ServingError) as error:
+        with pytest.raises(ServingError, match="currently 1 batches enqueued and max_enqueued_batches is 1") as error:
             scheduler.submit("s", {"x": np.zeros((1, 1))})
         assert error.value.http_status == 503
     finally:
         gate.set_result(None)
         scheduler.stop()
+
+
+def test_requests_from_an_event_loop_are_batched_per_turn_and_answered_in_the_loop():
+    calls = []
+    scheduler = batching.BatchScheduler(_doubling_model(calls), batching.BatchingOptions(max_batch_size=64,
+                                                                                          num_batch_threads=2))  # fmt: skip
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        xs = [np.full((1, 2), i, np.float32) for i in range(20)]
+        futures = [scheduler.submit("sig", {"x": x}, loop) for x in xs]  # one turn of the loop
+        assert all(isinstance(f, asyncio.Future) for f in futures)
+        outputs = await asyncio.gather(*futures)
+        for x, out in zip(xs, outputs):
+            np.testing.assert_array_equal(out["y"], x * 2)
+        cancelled = scheduler.submit("sig", {"x": xs[0]}, loop)
+        cancelled.cancel()  # before its batch runs: never run
+        await asyncio.sleep(0.2)
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.stop()
+    assert calls == [20], calls  # the 20 requests of one turn: one model call; the cancelled one: none
+
+
+# ----------------------------------------------------------------------------
+# JSON -> tensors
 
 
 @pytest.mark.parametrize(
@@ -88,6 +167,10 @@ def test_batch_queue_full_is_unavailable():
         (b'{"instances": [{"a": 1, "b": {"b64": "aGk="}}, {"a": 2, "b": "x"}]}',
          {"a": tensor_json.DT_INT32, "b": tensor_json.DT_STRING}, {"a": [1, 2], "b": [b"hi", b"x"]}),
         (b'{"inputs": 3}', {"x": tensor_json.DT_DOUBLE}, {"x": 3.0}),
+        # TF Serving's current rule: any number fills a float tensor, cast from the double.
+        (b'{"instances": [16777217, 1e39, -1e39, 0.1]}', {"x": tensor_json.DT_FLOAT},
+         {"x": [16777216.0, np.inf, -np.inf, np.float32(0.1)]}),
+        (b'{"inputs": [9007199254740993]}', {"x": tensor_json.DT_DOUBLE}, {"x": [9007199254740992.0]}),
     ],
 )  # fmt: skip
 def test_request_json_to_tensors(body, dtypes, expected):
@@ -97,6 +180,62 @@ def test_request_json_to_tensors(body, dtypes, expected):
             assert arrays[name].tolist() == value
         else:
             np.testing.assert_array_equal(arrays[name], np.array(value, arrays[name].dtype))
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"instances": [[0.5, true]]}', "JSON Value: true Type: True is not of expected type: float"),
+        (b'{"inputs": [[false, 0.5]]}', "JSON Value: false Type: False is not of expected type: float"),
+        (b'{"inputs": {"x": [0.5, "1"]}}', 'JSON Value: "1" Type: String is not of expected type: float'),
+        (b'{"inputs": [0.5, null]}', "Type: Null is not of expected type: float"),
+        (b'{"instances": [[1, 2], [3]]}', "Failed to process element: 1 of 'instances' list"),
+        (b'{"inputs": [[1, 2], [3]]}', "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
+        (b'{"inputs": [[1], 2]}', "found at incorrect level"),
+        (b'{"instances": [01]}', "JSON Parse error"),
+        (b'{"instances": [1 2]}', "JSON Parse error"),
+        (b'{"instances": [1,]}', "JSON Parse error"),
+        (b'{"instances": [[1,2]]]}', "JSON Parse error"),
+        (b"[1, 2]", "Is not object"),
+    ],
+)
+def test_bad_tensors_get_tf_serving_errors(body, message):
+    with pytest.raises(ServingError, match=None) as error:
+        tensor_json.request_to_arrays(tensor_json.parse_json(body), {"x": tensor_json.DT_FLOAT})
+    assert error.value.http_status == 400 and message in error.value.message, error.value.message
+
+
+def _exact(body, dtypes):
+    """The element-by-element path alone, for comparison."""
+    return tensor_json.request_to_arrays(tensor_json._parse_exactly(body), dtypes)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        orjson.dumps({"instances": np.random.default_rng(0).uniform(size=(3, 4, 4, 2)).astype(np.float32)},
+                     option=orjson.OPT_SERIALIZE_NUMPY),
+        b'{"signature_name": "a[1, 2]\\"[3]", "inputs": {"x": [ [ -1.5e-3 , 2E+2 ] ,\n\t[ 0 , -0.0 ] ] }}',
+        b'{"instances": [{"x": [1, 2]}, {"x": [3, 4]}], "extra": [[5]]}',
+        b'{"inputs": [[[1]], [[2]], [[3]]]}',
+        b'{"instances": [7]}',
+        b'{"inputs": [1, 2, 3], "note": "[1,2]"}',
+    ],
+)  # fmt: skip
+def test_fast_number_arrays_match_the_exact_path(body):
+    assert tensor_json._parse_with_number_arrays(body) is not None  # the fast path takes these
+    fast = tensor_json.request_to_arrays(tensor_json.parse_json(body), {"x": tensor_json.DT_FLOAT})
+    exact = _exact(body, {"x": tensor_json.DT_FLOAT})
+    assert fast[0] == exact[0] and set(fast[1]) == set(exact[1])
+    for name in fast[1]:
+        assert fast[1][name].dtype == exact[1][name].dtype == np.float32
+        np.testing.assert_array_equal(fast[1][name], exact[1][name])
+
+
+def test_documents_the_fast_path_leaves_to_the_exact_one():
+    for body in [b'{"instances": [1, NaN]}', b'{"instances": [[1, 2], [3]]}', b'{"instances": [1, true]}',
+                 b'{"instances": ["\\u0000", 1]}', b'{"instances": [{"b64": "aGk="}]}']:  # fmt: skip
+        assert tensor_json._parse_with_number_arrays(body) is None, body
 
 
 def test_response_json_like_tf_serving():
@@ -110,76 +249,36 @@ def test_response_json_like_tf_serving():
         tensor_json.arrays_to_response({"a": np.zeros(2), "b": np.zeros(3)}, tensor_json.ROW)
 
 
-class _Tiny(tf.Module):
-    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
-    def serve(self, x):
-        return {"y": x + 1.0}
+# ----------------------------------------------------------------------------
+# gRPC tensors and flags
 
 
-def _save_tiny(path):
-    module = _Tiny()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
+def test_grpc_outputs_fill_typed_fields_as_tf_serving():
+    from tensorflow.core.framework import types_pb2
+
+    from serving.grpc_service import array_to_tensor_proto, parse_channel_arguments
+
+    floats = array_to_tensor_proto(np.array([[0.5, -1.25]], np.float32))
+    assert list(floats.float_val) == [0.5, -1.25] and not floats.tensor_content
+    assert floats.dtype == types_pb2.DT_FLOAT and [d.size for d in floats.tensor_shape.dim] == [1, 2]
+    assert list(array_to_tensor_proto(np.array([3, 4], np.int64)).int64_val) == [3, 4]
+    assert list(array_to_tensor_proto(np.array([7], np.uint8)).int_val) == [7]
+    assert list(array_to_tensor_proto(np.array([True])).bool_val) == [True]
+    assert list(array_to_tensor_proto(np.array([b"a", "b"], object)).string_val) == [b"a", b"b"]
+    assert list(array_to_tensor_proto(np.array([1.0], np.float16)).half_val) == [0x3C00]
+    for array in (np.array([[0.5, -1.25]], np.float32), np.array([3, 4], np.int64), np.array([b"a"], object)):
+        np.testing.assert_array_equal(tf.make_ndarray(array_to_tensor_proto(array)), array)
+    content = array_to_tensor_proto(np.array([0.5], np.float32), as_tensor_content=True)
+    assert content.tensor_content and not content.float_val  # --enable_serialization_as_tensor_content
+    assert parse_channel_arguments("grpc.max_receive_message_length=1000,grpc.lb_policy_name=round_robin") == {
+        "grpc.max_receive_message_length": 1000, "grpc.lb_policy_name": "round_robin"}  # fmt: skip
+    with pytest.raises(ValueError, match="key=value"):
+        parse_channel_arguments("grpc.max_receive_message_length")
 
 
-def test_model_config_file_versions_policies_and_labels(tmp_path):
-    base = tmp_path / "m"
-    _save_tiny(base / "1")
-    shutil.copytree(base / "1", base / "3")
-    (base / ".tmp-4-abc").mkdir()  # an export in progress is ignored
-    shutil.copytree(base / "1", base / ".tmp-4-abc" / "saved_model")
-    config_path = tmp_path / "models.config"
-    config_path.write_text(f"""
-model_config_list {{
-  config {{
-    name: "all" base_path: "{base}" model_platform: "tensorflow"
-    model_version_policy {{ all {{}} }}
-    version_labels {{ key: "stable" value: 1 }}
-    version_labels {{ key: "canary" value: 3 }}
-  }}
-  config {{ name: "latest" base_path: "{base}" model_platform: "tensorflow" }}
-  config {{ name: "pinned" base_path: "{base}" model_version_policy {{ specific {{ versions: 1 }} }} }}
-}}""")
-    assert sorted(list_versions(str(base))) == [1, 3]
-    manager = ModelManager(read_model_config_file(str(config_path)), poll_wait_seconds=0)
-    manager.start()
-    try:
-        def versions(name):
-            return sorted(s.version for s in manager.model_status(name).model_version_status)
+def test_default_rest_body_limit_holds_1000_celeba_images_as_json():
+    from serving.server import DEFAULT_MAX_REQUEST_BYTES
 
-        assert versions("all") == [1, 3] and versions("latest") == [3] and versions("pinned") == [1]
-        for name, label, version, expected in [("all", "stable", None, 1), ("all", "canary", None, 3),
-                                               ("all", None, 1, 1), ("latest", None, None, 3)]:  # fmt: skip
-            with manager.acquire(name, version=version, label=label) as servable:
-                assert servable.version == expected
-                assert servable.run("serving_default", {"x": np.ones((1, 2), np.float32)})["y"].tolist() == [[2, 2]]
-        with pytest.raises(ServingError, match="Unrecognized servable version label: beta"):
-            with manager.acquire("all", label="beta"):
-                pass
-        with pytest.raises(ServingError, match=r"Specific\(latest, 1\)") as error:
-            with manager.acquire("latest", version=1):
-                pass
-        assert error.value.http_status == 404
-        # A new version appears: `latest` moves to it and retires 3 once its requests are done.
-        with manager.acquire("latest") as held:
-            shutil.copytree(base / "1", base / "5")
-            manager.poll()
-            with manager.acquire("latest") as newest:
-                assert newest.version == 5
-            assert held.run("serving_default", {"x": np.zeros((1, 2), np.float32)})["y"].tolist() == [[1, 1]]
-        for thread in manager._unloaders:
-            thread.join(30)
-        states = {s.version: s.state for s in manager.model_status("latest").model_version_status}
-        assert set(states) == {3, 5}
-        assert manager.model_status("latest", version=5).model_version_status[0].state == 30  # AVAILABLE
-        assert manager.model_status("latest", version=3).model_version_status[0].state == 50  # END
-        # A version that cannot load is given up on; the previous one keeps serving.
-        (base / "6").mkdir()
-        (base / "6" / "saved_model.pb").write_bytes(b"not a SavedModel")
-        for _ in range(manager.max_num_load_retries):
-            manager.poll()
-        with manager.acquire("latest") as servable:
-            assert servable.version == 5
-        failed = manager.model_status("latest", version=6).model_version_status[0]
-        assert failed.state == 50 and failed.status.error_message
-    finally:
-        manager.stop()
+    images = np.random.default_rng(0).uniform(size=(10, 64, 64, 3)).astype(np.float32)  # CelebA: 64x64x3
+    per_10 = len(orjson.dumps({"instances": images}, option=orjson.OPT_SERIALIZE_NUMPY))
+    assert 100 * per_10 < DEFAULT_MAX_REQUEST_BYTES
