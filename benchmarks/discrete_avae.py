@@ -2,7 +2,7 @@ r"""The AVAE paper's discrete 1-D illustration (section 3.1, Figure 3, appendix 
 
     python -m benchmarks.discrete_avae --output_dir=results
 
-Fits the probability-table VAE of `benchmarks/discrete_model.py` to a sparse empirical distribution by
+Fits the probability-table VAE of `zoo/toy/discrete.py` to a sparse empirical distribution by
 maximising, exactly and with full-batch Adam, (a) the VAE ELBO, (b) the AVAE bound of eq. (10) and, as an
 ablation, (c) the AVAE bound with the delusions' distribution also held constant in the gradient; then
 (with --sweep) refits all three with one setting changed at a time. Writes
@@ -24,34 +24,39 @@ import sys
 import textwrap
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from zoo import console
+
+console.quiet_tensorflow()  # before anything loads TensorFlow
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks import discrete_model as dm  # noqa: E402
 from benchmarks import runs  # noqa: E402
+from zoo.toy import discrete as dm  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("output_dir", "results", "Where the PNGs, discrete_avae.json and discrete_avae.md go.")
-flags.DEFINE_integer("n_x", 64, "Number of observation grid points N_x.", lower_bound=2)
-flags.DEFINE_integer("n_z", 32, "Number of latent grid points N_z.", lower_bound=2)
-flags.DEFINE_float("obs_spread", 0.01, "Decoder spread v in VM(X; g(z), v) (fixed, not learned).")
-flags.DEFINE_float("nu_rho", 1e-3, "Spread nu_rho of the coupling p(Z'|Z) = VM(Z'; Z, nu_rho) (paper: ~1e-3).")
-flags.DEFINE_integer("n_samples", 30, "Number of data points drawn for the empirical distribution pi-hat.")
-flags.DEFINE_integer("data_seed", 0, "Seed of the data draw.")
-flags.DEFINE_integer("seeds", 5, "Number of initialisation seeds (0..seeds-1); the figures show seed 0.")
-flags.DEFINE_enum("init", "random", ["random", "smooth"], "Initial tables: uniform random, or identity + jitter.")
-flags.DEFINE_integer("steps", 3000, "Full-batch Adam steps.", lower_bound=1)
-flags.DEFINE_float("learning_rate", 0.05, "Adam learning rate.")
-flags.DEFINE_bool(
-    "ablation", True,
-    "Also fit avae_fixed_delusions: the AVAE bound with the gradient through the delusions' distribution "
-    "q~(z) p(x~|z) stopped as well (see discrete_model.avae_terms).",
-)
-flags.DEFINE_bool("sweep", True, "Also refit every model on one-change-at-a-time variations of the settings.")
-flags.DEFINE_integer("sweep_seeds", 3, "Seeds per sweep configuration.", lower_bound=1)
+
+def define_flags():
+    flags.DEFINE_string("output_dir", "results", "Where the PNGs, discrete_avae.json and discrete_avae.md go.")
+    flags.DEFINE_integer("n_x", 64, "Number of observation grid points N_x.", lower_bound=2)
+    flags.DEFINE_integer("n_z", 32, "Number of latent grid points N_z.", lower_bound=2)
+    flags.DEFINE_float("obs_spread", 0.01, "Decoder spread v in VM(X; g(z), v) (fixed, not learned).")
+    flags.DEFINE_float("nu_rho", 1e-3, "Spread nu_rho of the coupling p(Z'|Z) = VM(Z'; Z, nu_rho) (paper: ~1e-3).")
+    flags.DEFINE_integer("n_samples", 30, "Number of data points drawn for the empirical distribution pi-hat.")
+    flags.DEFINE_integer("data_seed", 0, "Seed of the data draw.")
+    flags.DEFINE_integer("seeds", 5, "Number of initialisation seeds (0..seeds-1); the figures show seed 0.")
+    flags.DEFINE_enum("init", "random", ["random", "smooth"], "Initial tables: uniform random, or identity + jitter.")
+    flags.DEFINE_integer("steps", 3000, "Full-batch Adam steps.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", 0.05, "Adam learning rate.")
+    flags.DEFINE_bool(
+        "ablation", True,
+        "Also fit avae_fixed_delusions: the AVAE bound with the gradient through the delusions' distribution "
+        "q~(z) p(x~|z) stopped as well (see zoo.toy.discrete.avae_terms).",
+    )
+    flags.DEFINE_bool("sweep", True, "Also refit every model on one-change-at-a-time variations of the settings.")
+    flags.DEFINE_integer("sweep_seeds", 3, "Seeds per sweep configuration.", lower_bound=1)
+
 
 # name: (objective, which factors of Q_AVAE are held constant in the gradient)
 MODELS = {
@@ -191,7 +196,7 @@ def _markdown(result):
     lines.append("| identity tables (reference, not fitted) | " + " | ".join(f"{ref[k]:.3f}" for k, _ in TABLE_KEYS) + " |")
     lines += [
         "",
-        f"B_AVAE (eq. 10, up to its constant) of the fitted models: "
+        "B_AVAE (eq. 10, up to its constant) of the fitted models: "
         + ", ".join(f"{name} {agg[name]['avae_bound']['mean']:.2f} +- {agg[name]['avae_bound']['sd']:.2f}"
                     for name in result["models"])
         + f" (best seed of avae: {max(r['avae_bound'] for r in result['models']['avae']):.2f})"
@@ -222,6 +227,7 @@ def _markdown(result):
 
 def main(argv):
     del argv
+    console.quiet_info_logs()
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     start = time.time()
     settings = {
@@ -357,5 +363,7 @@ necessarily the authors' setup. A 1-D example with a continuous latent trained b
     # One line per paragraph, rewrapped (the filled-in numbers make the source's line breaks ragged).
     return "\n\n".join(textwrap.fill(" ".join(p.split()), 110) for p in text.split("\n\n"))
 
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -16,8 +16,7 @@ the exact encoder (Prop. 2.3: Q(X'|X) is p(X)-invariant), growing for the pertur
 PCA limit v = 0 iterates the noise-free map x -> W (E x) from a point, which is the projection P_W (x_1 =
 x_2 = ...) for the exact encoder and drifts for the perturbed one. Writes ppca_chains.png, .json and .md.
 
-All the maths is numpy, with the encoder given by its mean matrix E and covariance Sigma, so the same
-functions serve the exact posterior (E = M^{-1} W^T, Sigma = v M^{-1}) and the perturbed encoders.
+The maths (numpy) is `zoo/toy/ppca.py`.
 """
 
 import json
@@ -27,127 +26,36 @@ import time
 
 import numpy as np
 from absl import app, flags
-from scipy import linalg
 
 from benchmarks import runs
+from zoo.toy import ppca
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("output_dir", "results", "Where ppca_chains.png, .json and .md go.")
-flags.DEFINE_integer("obs_dim", 6, "Observation dimension D.", lower_bound=1)
-flags.DEFINE_integer("latent_dim", 2, "Latent dimension d.", lower_bound=1)
-flags.DEFINE_float("obs_var", 0.1, "Observation noise variance v.")
-flags.DEFINE_integer("mc_samples", 200_000, "Monte Carlo samples per transition check.", lower_bound=100)
-flags.DEFINE_integer("chains", 20_000, "Parallel Monte Carlo chains for the drift plot.", lower_bound=10)
-flags.DEFINE_integer("chain_steps", 40, "Encode-decode steps per chain.", lower_bound=1)
-flags.DEFINE_list("perturbations", ["0.02", "0.05", "0.1", "0.3"], "Spectral norms of W Delta for the perturbed encoders.")
-flags.DEFINE_integer("seed", 0, "Seed of W, Delta and the Monte Carlo draws.")
 
-
-# ---------------------------------------------------------------------------------------------- maths
-
-
-def exact_encoder(w, v):
-    """The exact posterior of pPCA: mean matrix E = M^{-1} W^T and covariance v M^{-1}, M = W^T W + v I."""
-    m = w.T @ w + v * np.eye(w.shape[1])
-    return np.linalg.solve(m, w.T), v * np.linalg.inv(m)
-
-
-def paper_x_kernel(w, v):
-    """Appendix B's Q(X'|X=x) = N(P x, v (P + I)) with P = W (W^T W + v I)^{-1} W^T: returns (P, covariance)."""
-    m = w.T @ w + v * np.eye(w.shape[1])
-    p = w @ np.linalg.solve(m, w.T)
-    return p, v * (p + np.eye(w.shape[0]))
-
-
-def paper_z_kernel(w, v):
-    """Appendix B's Q(Z'|Z=z) = N(J z, S), J = M^{-1} W^T W, S = v (J + I) M^{-1}: returns (J, S)."""
-    m = w.T @ w + v * np.eye(w.shape[1])
-    j = np.linalg.solve(m, w.T @ w)
-    return j, v * (j + np.eye(w.shape[1])) @ np.linalg.inv(m)
-
-
-def x_kernel(w, v, enc_mean, enc_cov):
-    """Q(X'|X=x) for the encoder N(Z; E x, Sigma) and decoder N(X; W Z, v I): mean map W E, cov W Sigma W^T + v I."""
-    return w @ enc_mean, w @ enc_cov @ w.T + v * np.eye(w.shape[0])
-
-
-def z_kernel(w, v, enc_mean, enc_cov):
-    """Q(Z'|Z=z) = int q(Z'|x~) p(x~|z) dx~: mean map E W, covariance v E E^T + Sigma."""
-    return enc_mean @ w, v * enc_mean @ enc_mean.T + enc_cov
-
-
-def sample_x_transition(w, v, enc_mean, enc_cov, x, n, rng):
-    """n draws of x' from x -> z ~ N(E x, Sigma) -> x' ~ N(W z, v I)."""
-    z = rng.multivariate_normal(enc_mean @ x, enc_cov, size=n)
-    return z @ w.T + np.sqrt(v) * rng.standard_normal((n, w.shape[0]))
-
-
-def sample_z_transition(w, v, enc_mean, enc_cov, z, n, rng):
-    """n draws of z' from z -> x~ ~ N(W z, v I) -> z' ~ N(E x~, Sigma)."""
-    x = w @ z + np.sqrt(v) * rng.standard_normal((n, w.shape[0]))
-    return x @ enc_mean.T + rng.multivariate_normal(np.zeros(w.shape[1]), enc_cov, size=n)
-
-
-def model_covariance(w, v):
-    """Covariance of the pPCA marginal p(X) = N(0, W W^T + v I)."""
-    return w @ w.T + v * np.eye(w.shape[0])
-
-
-def marginal_path(mean_map, noise_cov, mean0, cov0, steps):
-    """Means and covariances of a linear-Gaussian chain x' = A x + noise, started at N(mean0, cov0): steps + 1 each."""
-    means, covs = [np.asarray(mean0, float)], [np.asarray(cov0, float)]
-    for _ in range(steps):
-        means.append(mean_map @ means[-1])
-        covs.append(mean_map @ covs[-1] @ mean_map.T + noise_cov)
-    return means, covs
-
-
-def wasserstein2(mean_a, cov_a, mean_b, cov_b):
-    """W_2 between two Gaussians (the AVAE paper's appendix E): sqrt(|mu_a - mu_b|^2 + Tr(A + B - 2 (B^1/2 A B^1/2)^1/2))."""
-    root_b = linalg.sqrtm(cov_b).real
-    cross = linalg.sqrtm(root_b @ cov_a @ root_b).real
-    squared = float(np.sum((np.asarray(mean_a) - np.asarray(mean_b)) ** 2) + np.trace(cov_a + cov_b - 2.0 * cross))
-    return float(np.sqrt(max(squared, 0.0)))
-
-
-def simulate_chains(w, v, enc_mean, enc_cov, x0, steps, rng):
-    """Run len(x0) chains x -> z -> x' for `steps` steps; returns the states, shape [steps + 1, chains, D]."""
-    root = np.linalg.cholesky(enc_cov)
-    states = [x0]
-    for _ in range(steps):
-        x = states[-1]
-        z = x @ enc_mean.T + rng.standard_normal((x.shape[0], w.shape[1])) @ root.T
-        states.append(z @ w.T + np.sqrt(v) * rng.standard_normal(x.shape))
-    return np.stack(states)
-
-
-def scaled_perturbation(w, direction, size):
-    """Delta = direction scaled so that the spectral norm of W Delta is `size` (zeros for size 0)."""
-    if size == 0:
-        return np.zeros_like(direction)
-    return direction * (size / np.linalg.norm(w @ direction, 2))
-
-
-def make_loadings(obs_dim, latent_dim, rng):
-    """A random W with decreasing column scales (squared column norms 2, 1, 0.5, ...)."""
-    w = rng.standard_normal((obs_dim, latent_dim))
-    w /= np.linalg.norm(w, axis=0, keepdims=True)
-    return w * np.sqrt(2.0 * 0.5 ** np.arange(latent_dim))
-
-
-# ---------------------------------------------------------------------------------------------- script
+def define_flags():
+    flags.DEFINE_string("output_dir", "results", "Where ppca_chains.png, .json and .md go.")
+    flags.DEFINE_integer("obs_dim", 6, "Observation dimension D.", lower_bound=1)
+    flags.DEFINE_integer("latent_dim", 2, "Latent dimension d.", lower_bound=1)
+    flags.DEFINE_float("obs_var", 0.1, "Observation noise variance v.")
+    flags.DEFINE_integer("mc_samples", 200_000, "Monte Carlo samples per transition check.", lower_bound=100)
+    flags.DEFINE_integer("chains", 20_000, "Parallel Monte Carlo chains for the drift plot.", lower_bound=10)
+    flags.DEFINE_integer("chain_steps", 40, "Encode-decode steps per chain.", lower_bound=1)
+    flags.DEFINE_list(
+        "perturbations", ["0.02", "0.05", "0.1", "0.3"], "Spectral norms of W Delta for the perturbed encoders."
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of W, Delta and the Monte Carlo draws.")
 
 
 def _check_kernels(w, v, n, rng):
     """Closed form (paper) vs general formula vs Monte Carlo, for one x and one z."""
-    enc_mean, enc_cov = exact_encoder(w, v)
+    enc_mean, enc_cov = ppca.exact_encoder(w, v)
     x = rng.standard_normal(w.shape[0])
     z = rng.standard_normal(w.shape[1])
     out = {}
     for name, paper, general, sampler, point in [
-        ("x_kernel", paper_x_kernel(w, v), x_kernel(w, v, enc_mean, enc_cov), sample_x_transition, x),
-        ("z_kernel", paper_z_kernel(w, v), z_kernel(w, v, enc_mean, enc_cov), sample_z_transition, z),
+        ("x_kernel", ppca.paper_x_kernel(w, v), ppca.x_kernel(w, v, enc_mean, enc_cov), ppca.sample_x_transition, x),
+        ("z_kernel", ppca.paper_z_kernel(w, v), ppca.z_kernel(w, v, enc_mean, enc_cov), ppca.sample_z_transition, z),
     ]:
         mean_map, cov = paper
         draws = sampler(w, v, enc_mean, enc_cov, point, n, rng)
@@ -169,9 +77,9 @@ def _check_kernels(w, v, n, rng):
             "mean_max_error_in_standard_errors": float((np.abs(mc_mean - mean) / se_mean).max()),
             "cov_max_error_in_standard_errors": float((np.abs(mc_cov - cov) / se_cov).max()),
         }
-    j, s = paper_z_kernel(w, v)
-    p, cov_x = paper_x_kernel(w, v)
-    c = model_covariance(w, v)
+    j, s = ppca.paper_z_kernel(w, v)
+    p, cov_x = ppca.paper_x_kernel(w, v)
+    c = ppca.model_covariance(w, v)
     out["invariance"] = {
         "p(Z) under Q(Z'|Z): max |J J^T + S - I|": float(np.abs(j @ j.T + s - np.eye(w.shape[1])).max()),
         "p(X) under Q(X'|X): max |P C P^T + v(P + I) - C|": float(np.abs(p @ c @ p.T + cov_x - c).max()),
@@ -181,28 +89,28 @@ def _check_kernels(w, v, n, rng):
 
 def _chains(w, v, sizes, chains, steps, rng):
     """Closed-form and Monte Carlo W2(chain marginal at t, p(X)) for the exact and the perturbed encoders."""
-    enc_mean, enc_cov = exact_encoder(w, v)
-    c = model_covariance(w, v)
+    enc_mean, enc_cov = ppca.exact_encoder(w, v)
+    c = ppca.model_covariance(w, v)
     zero = np.zeros(w.shape[0])
     x0 = rng.multivariate_normal(zero, c, size=chains)
     checkpoints = sorted({0, 1, 2, 5, 10, 20, steps} & set(range(steps + 1)))
     direction = rng.standard_normal(enc_mean.shape)
     out = {}
     for size in [0.0] + sizes:
-        delta = scaled_perturbation(w, direction, size)
-        mean_map, noise = x_kernel(w, v, enc_mean + delta, enc_cov)
-        means, covs = marginal_path(mean_map, noise, zero, c, steps)
-        states = simulate_chains(w, v, enc_mean + delta, enc_cov, x0, steps, rng)
-        mc = {t: wasserstein2(states[t].mean(0), np.cov(states[t], rowvar=False), zero, c) for t in checkpoints}
+        delta = ppca.scaled_perturbation(w, direction, size)
+        mean_map, noise = ppca.x_kernel(w, v, enc_mean + delta, enc_cov)
+        means, covs = ppca.marginal_path(mean_map, noise, zero, c, steps)
+        states = ppca.simulate_chains(w, v, enc_mean + delta, enc_cov, x0, steps, rng)
+        mc = {t: ppca.wasserstein2(states[t].mean(0), np.cov(states[t], rowvar=False), zero, c) for t in checkpoints}
         out["exact" if size == 0 else f"perturbed_{size:g}"] = {
             "norm_W_delta": size,
             "spectral_radius_of_mean_map": float(np.abs(np.linalg.eigvals(mean_map)).max()),
-            "w2_closed_form": [wasserstein2(m, s, zero, c) for m, s in zip(means, covs)],
+            "w2_closed_form": [ppca.wasserstein2(m, s, zero, c) for m, s in zip(means, covs)],
             "w2_monte_carlo": {str(t): value for t, value in mc.items()},
         }
     # The Monte Carlo floor: W2 between p(X) and the Gaussian fitted to `chains` fresh draws from it.
     fresh = rng.multivariate_normal(zero, c, size=chains)
-    out["monte_carlo_floor_w2"] = wasserstein2(fresh.mean(0), np.cov(fresh, rowvar=False), zero, c)
+    out["monte_carlo_floor_w2"] = ppca.wasserstein2(fresh.mean(0), np.cov(fresh, rowvar=False), zero, c)
     return out, direction
 
 
@@ -212,7 +120,7 @@ def _noise_free(w, direction, sizes, steps, rng):
     x0 = rng.standard_normal(w.shape[0])
     out = {}
     for size in [0.0] + sizes:
-        delta = scaled_perturbation(w, direction, size)
+        delta = ppca.scaled_perturbation(w, direction, size)
         a = w @ (enc_mean + delta)
         xs = [x0]
         for _ in range(steps):
@@ -371,7 +279,7 @@ def main(argv):
     start = time.time()
     rng = np.random.default_rng(FLAGS.seed)
     sizes = [float(x) for x in FLAGS.perturbations]
-    w = make_loadings(FLAGS.obs_dim, FLAGS.latent_dim, rng)
+    w = ppca.make_loadings(FLAGS.obs_dim, FLAGS.latent_dim, rng)
     kernels = _check_kernels(w, FLAGS.obs_var, FLAGS.mc_samples, rng)
     chains, direction = _chains(w, FLAGS.obs_var, sizes, FLAGS.chains, FLAGS.chain_steps, rng)
     noise_free = _noise_free(w, direction, sizes, FLAGS.chain_steps, rng)
@@ -398,4 +306,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -21,18 +21,22 @@ from absl import app, flags
 from benchmarks import runs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
-flags.DEFINE_string("output_dir", "results", "Where attacks.{json,md} and the plot go.")
-flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_attacks", "Model directories and raw evaluations.")
-flags.DEFINE_integer("train_steps", 2000, "Training steps of every model.")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
-flags.DEFINE_integer("latent_dim", 16, "Latent dimension of every model.")
-flags.DEFINE_integer("pgd_steps", 40, "L2 PGD steps of the autoencoder attacks.")
-flags.DEFINE_integer("restarts", 1, "PGD restarts of the autoencoder attacks.")
-flags.DEFINE_integer("ae_attack_examples", 100, "Random test images attacked per trial (the paper: 100).")
-flags.DEFINE_integer("ae_attack_trials", 10, "Trials (the paper: 10).")
-flags.DEFINE_integer("num_examples", 1000, "Test images: the pool attacked and the FID / accuracy set.")
-flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
+
+
+def define_flags():
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
+    flags.DEFINE_string("output_dir", "results", "Where attacks.{json,md} and the plot go.")
+    flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_attacks", "Model directories and raw evaluations.")
+    flags.DEFINE_integer("train_steps", 2000, "Training steps of every model.")
+    flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
+    flags.DEFINE_integer("latent_dim", 16, "Latent dimension of every model.")
+    flags.DEFINE_integer("pgd_steps", 40, "L2 PGD steps of the autoencoder attacks.")
+    flags.DEFINE_integer("restarts", 1, "PGD restarts of the autoencoder attacks.")
+    flags.DEFINE_integer("ae_attack_examples", 100, "Random test images attacked per trial (the paper: 100).")
+    flags.DEFINE_integer("ae_attack_trials", 10, "Trials (the paper: 10).")
+    flags.DEFINE_integer("num_examples", 1000, "Test images: the pool attacked and the FID / accuracy set.")
+    flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
+
 
 LAMBDAS = (1.0, 3.0, 5.0)
 # (label, registry name, model flags). The paper does not give its hyper-parameters here; ours are the
@@ -240,4 +244,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

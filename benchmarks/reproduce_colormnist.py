@@ -5,7 +5,7 @@
 Every model trains through its own entry point (`python -m train.<model>`) with the conv architecture,
 latent 64 and the same steps and batch size, then `python -m evaluate.robustness` evaluates it: digit and
 colour accuracy of linear probes on the frozen encoder mean under L-inf PGD at each radius, test MSE, FID.
-The time ratio is the median wall-clock time of a training step (from each run's `timing.csv`) relative to
+The time ratio is the median wall-clock time of a training step (from each run's step timing) relative to
 the VAE's in this run. `--full` uses the paper's budget on the whole dataset (a GPU job).
 
 Writes `colormnist.json`, `colormnist.md` and three PNGs to --output_dir; model directories and the raw
@@ -14,7 +14,6 @@ evaluations go to --work_dir.
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags
@@ -22,18 +21,22 @@ from absl import app, flags
 from benchmarks import runs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
-flags.DEFINE_string("output_dir", "results", "Where colormnist.{json,md} and the plots go.")
-flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_colormnist", "Model directories and raw evaluations.")
-flags.DEFINE_bool("full", False, "The paper's budget on the whole dataset (a GPU machine): overrides the sizes below.")
-flags.DEFINE_integer("train_steps", 800, "Training steps of every model (AVAE-SS: post-training steps).")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
-flags.DEFINE_integer("num_examples", 250, "Test examples attacked per model.")
-flags.DEFINE_integer("pgd_steps", 40, "PGD steps of the evaluation attack.")
-flags.DEFINE_integer("restarts", 2, "PGD restarts of the evaluation attack (the paper: 10).")
-flags.DEFINE_integer("sweep_examples", 200, "Test examples attacked per model of the rho sweep.")
-flags.DEFINE_list("rhos", ["0.5", "0.8", "0.9", "0.95", "0.975", "0.99"], "AVAE couplings of Figure 5 (left).")
-flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
+
+
+def define_flags():
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
+    flags.DEFINE_string("output_dir", "results", "Where colormnist.{json,md} and the plots go.")
+    flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_colormnist", "Model directories and raw evaluations.")
+    flags.DEFINE_bool("full", False, "The paper's budget on the whole dataset (a GPU machine): overrides the sizes below.")
+    flags.DEFINE_integer("train_steps", 800, "Training steps of every model (AVAE-SS: post-training steps).")
+    flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
+    flags.DEFINE_integer("num_examples", 250, "Test examples attacked per model.")
+    flags.DEFINE_integer("pgd_steps", 40, "PGD steps of the evaluation attack.")
+    flags.DEFINE_integer("restarts", 2, "PGD restarts of the evaluation attack (the paper: 10).")
+    flags.DEFINE_integer("sweep_examples", 200, "Test examples attacked per model of the rho sweep.")
+    flags.DEFINE_list("rhos", ["0.5", "0.8", "0.9", "0.95", "0.975", "0.99"], "AVAE couplings of Figure 5 (left).")
+    flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
+
 
 EPSILONS = (0.0, 0.1, 0.2)
 # (label, registry name, model flags); AVAE-SS post-trains the VAE. Paper: rho 0.975, rho_SE 0.95, PGD-5.
@@ -243,4 +246,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,15 +1,18 @@
 """Runs the project's own commands for the paper reproductions: train, then evaluate, as a user would.
 
 Every model trains through `python -m train.<model>` and is evaluated by `python -m evaluate.robustness`
-in a subprocess from the repository root, with its output kept in a log file.
+in a subprocess from the repository root, with its output kept in a log file. What the runs write is read
+through `ModelDir`, the one place that knows the model directory's file names.
 """
 
-import json
+import csv
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+from zoo.model_dir import ModelDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,18 +42,21 @@ def train(work_dir, label, name, common_flags, model_flags=None, init_from=None)
 
 
 def evaluate(work_dir, label, model_dir, eval_flags):
-    """Evaluates a model into work_dir/eval/label; returns (robustness.json as a dict, output dir)."""
+    """Evaluates a model into work_dir/eval/label; returns (the evaluation's results as a dict, output dir)."""
     output = os.path.join(work_dir, "eval", label)
     run(["evaluate.robustness", f"--model_dir={model_dir}", *eval_flags, f"--output_dir={output}"],
         os.path.join(work_dir, "logs", f"eval_{label}.log"))  # fmt: skip
-    with open(os.path.join(output, "robustness.json")) as f:
-        return json.load(f), output
+    # The evaluation writes its results under the same name as into a model directory.
+    result = ModelDir(output).read_robustness()
+    if not result:
+        sys.exit(f"error: evaluate.robustness wrote no results to {output}; see the log in {work_dir}/logs")
+    return result, output
 
 
 def step_seconds(model_dir):
     """Median wall-clock seconds of a training step, leaving out the first (tracing) steps."""
-    with open(os.path.join(model_dir, "timing.csv")) as f:
-        seconds = [float(line.split(",")[1]) for line in f.readlines()[1:]]
+    with open(ModelDir(model_dir).timing_file, newline="") as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
     return statistics.median(seconds[5:] or seconds)
 
 

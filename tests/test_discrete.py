@@ -1,4 +1,4 @@
-"""The discrete 1-D VAE of the AVAE paper's appendix D (benchmarks/discrete_model.py): tables, exact
+"""The discrete 1-D VAE of the AVAE paper's appendix D (zoo/toy/discrete.py): tables, exact
 objectives against brute-force enumeration, transition kernels, and the effect of fitting AVAE vs VAE."""
 
 import itertools
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import discrete_model as dm
+from zoo.toy import discrete as dm
 
 N_X, N_Z = 5, 4  # the tiny case that is enumerated by brute force
 

@@ -1,10 +1,10 @@
-"""Appendix B of the AVAE paper (benchmarks/ppca_chains.py): the closed-form pPCA transition kernels against
+"""Appendix B of the AVAE paper (zoo/toy/ppca.py): the closed-form pPCA transition kernels against
 Monte Carlo, invariance of p(X) / p(Z) under the exact kernels, and drift of chains with a perturbed encoder."""
 
 import numpy as np
 import pytest
 
-from benchmarks import ppca_chains as pc
+from zoo.toy import ppca as pc
 
 V = 0.2
 

@@ -22,8 +22,8 @@ kernels of Figure 3 are then matrix products: Q(X' | X) = encoder @ decoder ([x,
 Q(Z | Z') = decoder @ encoder ([z', z]).
 
 The tables and objectives are TensorFlow (float64) so that they can be differentiated; the summary numbers
-(band_mass, asymmetry, ...) are numpy. tests/test_discrete.py checks the objectives against brute-force
-enumeration of the joint distributions.
+(band_mass, asymmetry, ...) are numpy. `python -m benchmarks.discrete_avae` fits the model as VAE and AVAE;
+tests/test_discrete.py checks the objectives against brute-force enumeration of the joint distributions.
 """
 
 import math
