@@ -17,16 +17,29 @@ def encode_in_batches(encode_mean, images, batch_size):
     )
 
 
-def train_linear_probe(features, labels, num_classes, epochs=30, batch_size=256, learning_rate=1e-2, seed=0):
+SCALINGS = ("dimension", "global")
+
+
+def train_linear_probe(
+    features, labels, num_classes, epochs=30, batch_size=256, learning_rate=1e-2, seed=0, scaling="dimension"
+):
     """Multinomial logistic regression on fixed features; returns (W [d, K], b [K]) as float32 numpy.
 
-    Features are standardised for the optimisation and the standardisation is folded back into W and b,
+    Features are centred and scaled for the optimisation and the scaling is folded back into W and b,
     so logits = features @ W + b is linear in the raw representation. Adam, minibatches, no attacks.
+    `scaling` "dimension" (the protocol's) divides each dimension by its own std: a near-constant dimension
+    then gets a very large raw weight, which an attack can exploit. "global" divides every dimension by one
+    scale (the features' overall std), i.e. trains on the representation as it is, only better conditioned.
     """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
     features = np.asarray(features, np.float32)
     labels = np.asarray(labels, np.int32)
     mean = features.mean(axis=0)
-    scale = features.std(axis=0) + 1e-6
+    if scaling == "dimension":
+        scale = features.std(axis=0) + 1e-6
+    else:
+        scale = np.full(features.shape[1], features.std() + 1e-6, np.float32)
     standard = (features - mean) / scale
     rng = np.random.default_rng(seed)
     dim = features.shape[1]

@@ -254,25 +254,23 @@ def _grid(n, columns=4):
     return int(math.ceil(n / columns)), columns
 
 
-def plot_accuracy(results, path, labels=None):
-    """Accuracy vs epsilon, one panel per task, one line per result (AVAE paper, Figure 5 right column)."""
-    plt = _pyplot()
+def _task_panels(results, labels, key, path, line, xlabel, ylabel, marker=None):
+    """One panel per task of `results[i][key]`, one line per result: `line(per_task) -> (x, y)` in %."""
     labels = labels or [r["model"] for r in results]
-    tasks = list(results[0].get("adversarial_accuracy") or {})
+    tasks = list(dict.fromkeys(task for r in results for task in (r.get(key) or {})))
     if not tasks:
         return None
+    plt = _pyplot()
     rows, columns = _grid(len(tasks))
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         for result, label in zip(results, labels):
-            per_epsilon = (result.get("adversarial_accuracy") or {}).get(task)
-            if not per_epsilon:
-                continue
-            epsilons = sorted(per_epsilon, key=float)
-            ax.plot([float(e) for e in epsilons], [100.0 * per_epsilon[e] for e in epsilons], marker="o", label=label)
+            per_task = (result.get(key) or {}).get(task)
+            if per_task:
+                ax.plot(*line(per_task), marker=marker, label=label)
         ax.set_title(task)
-        ax.set_xlabel("attack radius epsilon (L-inf)")
-        ax.set_ylabel("adversarial accuracy (%)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks) :]:
@@ -282,6 +280,17 @@ def plot_accuracy(results, path, labels=None):
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def plot_accuracy(results, path, labels=None):
+    """Accuracy vs epsilon, one panel per task, one line per result (AVAE paper, Figure 5 right column)."""
+
+    def line(per_epsilon):
+        epsilons = sorted(per_epsilon, key=float)
+        return [float(e) for e in epsilons], [100.0 * per_epsilon[e] for e in epsilons]
+
+    return _task_panels(results, labels, "adversarial_accuracy", path, line, "attack radius epsilon (L-inf)",
+                        "adversarial accuracy (%)", marker="o")  # fmt: skip
 
 
 def plot_ae_attacks(results, path, labels=None):
@@ -396,33 +405,14 @@ def plot_radius(result, path):
 
 def plot_radius_comparison(results, path, labels=None):
     """Per task, the fraction of examples still robust at each radius (from the radius search), one line per model."""
-    labels = labels or [r["model"] for r in results]
-    tasks = list(dict.fromkeys(task for r in results for task in (r.get("robustness_radius") or {})))
-    if not tasks:
-        return None
-    plt = _pyplot()
-    rows, columns = _grid(len(tasks))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
-        for result, label in zip(results, labels):
-            r = (result.get("robustness_radius") or {}).get(task)
-            if not r:
-                continue
-            values = np.array([np.inf if v is None else v for v in r["per_example"]])
-            grid = np.linspace(0, r["max_radius"], 101)
-            ax.plot(grid, [100.0 * np.mean(values > g) for g in grid], label=label)
-        ax.set_title(task)
-        ax.set_xlabel("radius eps (L-inf)")
-        ax.set_ylabel("examples with radius > eps (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tasks) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+
+    def line(radius):
+        values = np.array([np.inf if v is None else v for v in radius["per_example"]])
+        grid = np.linspace(0, radius["max_radius"], 101)
+        return grid, [100.0 * np.mean(values > g) for g in grid]
+
+    return _task_panels(results, labels, "robustness_radius", path, line, "radius eps (L-inf)",
+                        "examples with radius > eps (%)")  # fmt: skip
 
 
 _HEADLINE_AE_METRICS = (

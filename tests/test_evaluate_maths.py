@@ -164,6 +164,28 @@ def test_linear_probe_learns_separable_classes_on_raw_features():
     assert np.mean(np.argmax(features @ w + b, axis=1) == labels) > 0.97
 
 
+def test_global_probe_scaling_gives_a_near_constant_dimension_a_small_raw_weight():
+    # Two dimensions, equally informative once standardised: dimension 0 on the scale 1, dimension 1 on the
+    # scale 1e-3 (near-constant). Per-dimension scaling divides the weight of dimension 1 by its std 5e-4, so
+    # its raw weight is ~1000x that of dimension 0 (the weak spot an attack exploits); global scaling divides
+    # both by one scale, so the raw weights stay alike and dimension 1 barely moves the logits.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=400)
+    signal = labels[:, None] * 2.0 - 1.0 + rng.normal(size=(400, 2)) * 0.5
+    features = (signal * np.array([1.0, 1e-3]) + np.array([5.0, 3.0])).astype(np.float32)
+    w_dim, b_dim = probes.train_linear_probe(features, labels, 2)
+    w_glob, b_glob = probes.train_linear_probe(features, labels, 2, scaling="global")
+    np.testing.assert_array_equal(w_dim, probes.train_linear_probe(features, labels, 2, scaling="dimension")[0])
+    for w, b in ((w_dim, b_dim), (w_glob, b_glob)):  # both folded back: linear in the raw features
+        assert np.mean(np.argmax(features @ w + b, axis=1) == labels) > 0.95
+    margin_dim, margin_glob = np.abs(w_dim[:, 1] - w_dim[:, 0]), np.abs(w_glob[:, 1] - w_glob[:, 0])
+    assert margin_dim[1] > 300 * margin_dim[0]
+    assert margin_glob[1] < 3 * margin_glob[0]
+    assert margin_dim[1] > 300 * margin_glob[1]
+    with pytest.raises(ValueError, match="scaling"):
+        probes.train_linear_probe(features, labels, 2, scaling="none")
+
+
 def test_attack_objective_ranks_any_misclassified_input_above_every_correct_one():
     labels = tf.constant([0, 0], tf.int32)
     # Example 0: correct but unsure (high CE); example 1: wrong with a small margin (lower CE).

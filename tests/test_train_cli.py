@@ -97,3 +97,26 @@ def test_flags_come_from_the_config_fields():
 def test_an_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="choose one of: .*avae.*vae"):
         zoo.get_model_class("resnet_vae")
+
+
+def test_the_robustness_curve_is_the_quick_check_every_n_steps(tmp_path, monkeypatch):
+    import csv
+
+    from train import robustness_check
+
+    # Fewer check images than a real run, to keep the test short; the same for the run and the recomputation.
+    load = robustness_check.load_check_data
+    small = lambda *args: load(*args, probe_examples=256, test_examples=64)  # noqa: E731
+    monkeypatch.setattr(robustness_check, "load_check_data", small)
+    result = train.run("vae", str(tmp_path / "vae"), **{**TINY, "train_steps": 4, "robustness_every": 2,
+                                                         "robustness_epsilons": "0.1"})  # fmt: skip
+    with open(result.model_dir.robustness_curve_file) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert list(rows[0]) == ["step", "task", "clean", "pgd_eps_0.1", "seconds"] and rows[0]["task"] == "digit"
+    # The row of the last step is the quick check of the trained encoder, with the run's seed.
+    check_data = small("color_mnist_embedded", None, True)
+    again = robustness_check.quick_robustness(lambda x: result.model(x, training=False), check_data, (0.1,), seed=0)
+    assert float(rows[1]["clean"]) == round(again["clean"], 4)
+    assert float(rows[1]["pgd_eps_0.1"]) == round(again["pgd"][0.1], 4)
+    assert os.listdir(result.model_dir.log_dir)  # and TensorBoard has it

@@ -47,35 +47,51 @@ class TrainingControl(keras.callbacks.Callback):
                 shutil.rmtree(self.manager.directory, ignore_errors=True)
 
 
-class BatchSummaries(keras.callbacks.Callback):
-    """TensorBoard scalars `batch_<metric>` every `log_every` optimizer steps, against the step.
+class EveryNSteps(keras.callbacks.Callback):
+    """Calls `on_every(step, logs)` once each time the optimizer step passes a multiple of `every`.
 
-    Keras' TensorBoard callback with a batch frequency does Python work at every batch (about a
-    millisecond, a tenth of a small model's step) and counts batches from 0 in every `fit`, so it
-    only writes the epoch summaries here. These use the optimizer step: continuous across resumes
-    and independent of steps_per_execution.
+    The optimizer step, not Keras' batch counter: continuous across resumes and independent of
+    steps_per_execution. `writer` is a TensorBoard summary writer on `log_dir`, opened at the start.
     """
 
-    def __init__(self, log_dir, log_every):
+    def __init__(self, every, log_dir):
         super().__init__()
+        self.every = every
         self.log_dir = log_dir
-        self.log_every = log_every
         self.writer = None
 
     def on_train_begin(self, logs=None):
         self.writer = self.writer or tf.summary.create_file_writer(self.log_dir)
-        self.last = int(self.model.optimizer.iterations.numpy()) // self.log_every
+        self.last = int(self.model.optimizer.iterations.numpy()) // self.every
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step // self.log_every > self.last and logs:
-            self.last = step // self.log_every
-            with self.writer.as_default(step=step):
-                for name, value in logs.items():
-                    tf.summary.scalar(f"batch_{name}", value)
+        if step // self.every > self.last:
+            self.last = step // self.every
+            self.on_every(step, logs)
+
+    def on_every(self, step, logs):
+        raise NotImplementedError
 
     def on_train_end(self, logs=None):
         self.writer.flush()
+
+
+class BatchSummaries(EveryNSteps):
+    """TensorBoard scalars `batch_<metric>` every `log_every` optimizer steps, against the step.
+
+    Keras' TensorBoard callback with a batch frequency does Python work at every batch (about a
+    millisecond, a tenth of a small model's step) and counts batches from 0 in every `fit`, so it
+    only writes the epoch summaries here.
+    """
+
+    def __init__(self, log_dir, log_every):
+        super().__init__(log_every, log_dir)
+
+    def on_every(self, step, logs):
+        with self.writer.as_default(step=step):
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(f"batch_{name}", value)
 
 
 class StepTimer(keras.callbacks.Callback):

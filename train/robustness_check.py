@@ -11,11 +11,11 @@ import csv
 import os
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from evaluate import probes, worst_case
+from train import callbacks
 from zoo import data as zoo_data
 
 PROBE_EXAMPLES = 2000  # training images the probe is fitted on
@@ -44,16 +44,21 @@ def load_check_data(dataset, data_dir, download, probe_examples=PROBE_EXAMPLES, 
     return (task, classes, *arrays("train", probe_examples), *arrays("test", test_examples))
 
 
-def quick_robustness(encode_mean, check_data, epsilons, pgd_steps=PGD_STEPS, seed=0):
-    """{"task", "clean", "pgd": {epsilon: accuracy}, "examples", "seconds"} of a fresh linear probe."""
+def quick_robustness(encode_mean, check_data, epsilons, pgd_steps=PGD_STEPS, seed=0, restarts=1, scaling="dimension"):
+    """{"task", "clean", "pgd": {epsilon: accuracy}, "examples", "seconds"} of a fresh linear probe.
+
+    `restarts` (PGD random restarts, the worst case kept) and `scaling` (`probes.train_linear_probe`) are
+    for the benchmarks that measure more carefully (`benchmarks.robustness_ablations`).
+    """
     started = time.perf_counter()
     task, classes, train_images, train_labels, test_images, test_labels = check_data
     features = probes.encode_in_batches(encode_mean, train_images, 256)
-    w, b = (tf.constant(v) for v in probes.train_linear_probe(features, train_labels, classes, seed=seed))
+    probe = probes.train_linear_probe(features, train_labels, classes, seed=seed, scaling=scaling)
+    w, b = (tf.constant(v) for v in probe)
     logits_fn = probes.probe_logits(encode_mean, w, b)
     x, y = tf.constant(test_images), tf.constant(test_labels)
     clean = float(np.mean(np.argmax(logits_fn(x).numpy(), axis=-1) == test_labels))
-    pgd_correct = worst_case.make_pgd_correct(logits_fn, pgd_steps, restarts=1)
+    pgd_correct = worst_case.make_pgd_correct(logits_fn, pgd_steps, restarts=restarts)
     pgd = {
         float(epsilon): float(np.mean(pgd_correct(x, y, tf.constant(epsilon, tf.float32), tf.constant([seed, i]))))
         for i, epsilon in enumerate(epsilons)
@@ -66,24 +71,15 @@ def _encode_mean(model):
     return lambda x: model(x, training=False)
 
 
-class RobustnessMonitor(keras.callbacks.Callback):
+class RobustnessMonitor(callbacks.EveryNSteps):
     """Every `every` optimizer steps: the quick check, to TensorBoard (`robustness/...`) and a CSV."""
 
     def __init__(self, check_data, epsilons, every, csv_path, log_dir, pgd_steps=PGD_STEPS, seed=0):
-        super().__init__()
-        self.check_data, self.epsilons, self.every = check_data, tuple(epsilons), every
-        self.csv_path, self.log_dir, self.pgd_steps, self.seed = csv_path, log_dir, pgd_steps, seed
-        self.writer = None
+        super().__init__(every, log_dir)
+        self.check_data, self.epsilons = check_data, tuple(epsilons)
+        self.csv_path, self.pgd_steps, self.seed = csv_path, pgd_steps, seed
 
-    def on_train_begin(self, logs=None):
-        self.writer = self.writer or tf.summary.create_file_writer(self.log_dir)
-        self.last = int(self.model.optimizer.iterations.numpy()) // self.every
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step // self.every <= self.last:
-            return
-        self.last = step // self.every
+    def on_every(self, step, logs):
         result = quick_robustness(_encode_mean(self.model), self.check_data, self.epsilons, self.pgd_steps, self.seed)
         with self.writer.as_default(step=step):
             tf.summary.scalar("robustness/clean_accuracy", result["clean"])

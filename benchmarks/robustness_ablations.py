@@ -1,0 +1,360 @@
+"""Controlled robustness ablations (issue 11): train a config, attack it, record one row.
+
+    python -m benchmarks.robustness_ablations --configs=mlp_avae,mlp_avae_obs_var_0.1 --train_steps=20000 \\
+        --data_dir=../shared/tfds --runs_dir=/tmp/robust_zoo/ablations
+
+Each config is one `python -m train.<model>` command (the same dataset, seed, precision and budget for all,
+one change per config: see CONFIGS), run in a subprocess with its output in <runs_dir>/logs/<run>.log, or
+the supervised positive control `adversarial_classifier` (a 4x200 MLP with a linear head, Madry PGD
+adversarial training with `zoo.attacks.pgd`, trained here). After training, every model is measured the
+same way, by the training's own robustness check with more care (`train.robustness_check.quick_robustness`):
+a linear digit probe (`evaluate.probes`, `--scaling`) on the frozen encoder mean (for the classifier: its
+last hidden layer) fitted on the first `--probe_examples` training digits, then its clean accuracy and its
+accuracy under L-inf PGD (`evaluate.worst_case.make_pgd_correct`, `--pgd_steps`, `--restarts`) on the first
+`--num_examples` test digits. The classifier's own head is attacked the same way (`head_accuracy`).
+
+Rows go to <output_dir>/robustness_ablations.json (keyed by run name; a rerun replaces its row, other rows
+stay) and <output_dir>/robustness_ablations.md, each with the commands. Training resumes from its model
+directory, so a rerun with a larger --train_steps continues; `--evaluate_only` re-measures trained models.
+"""
+
+import csv
+import json
+import os
+import shlex
+import sys
+import time
+
+from zoo import console
+
+console.quiet_tensorflow()  # before anything loads TensorFlow
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from benchmarks import runs  # noqa: E402
+from zoo.model_dir import ModelDir  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+DATASET = "color_mnist"
+TASK = "digit"
+RESULTS_NAME = "robustness_ablations"
+MEASURED_BY = "benchmarks.robustness_ablations: zoo.load, train.robustness_check.quick_robustness"
+
+_MLP = ["--arch=mlp", "--jit_compile", "--steps_per_execution=10"]
+_CONV = ["--arch=conv", "--jit_compile", "--steps_per_execution=10"]
+# name: (model, flags). Each differs from its base (mlp_avae, mlp_vae, conv_avae) in one setting.
+CONFIGS = {
+    "mlp_vae": ("vae", _MLP),
+    "mlp_avae": ("avae", _MLP),
+    "mlp_avae_obs_var_0.1": ("avae", _MLP + ["--obs_var=0.1"]),
+    "mlp_avae_obs_var_0.02": ("avae", _MLP + ["--obs_var=0.02"]),
+    "mlp_vae_obs_var_0.02": ("vae", _MLP + ["--obs_var=0.02"]),
+    "mlp_avae_rho_0.9": ("avae", _MLP + ["--rho=0.9"]),
+    "mlp_avae_rho_0.99": ("avae", _MLP + ["--rho=0.99"]),
+    "mlp_avae_noise_variance": ("avae", _MLP + ["--posterior_noise=variance"]),
+    "mlp_avae_latent_16": ("avae", _MLP + ["--latent_dim=16"]),
+    "mlp_avae_lr_1e-3": ("avae", _MLP + ["--learning_rate=1e-3"]),
+    "mlp_se_0.1": ("se", _MLP + ["--se_epsilon=0.1"]),
+    "conv_vae": ("vae", _CONV),
+    "conv_avae": ("avae", _CONV),
+}
+CLASSIFIER = "adversarial_classifier"
+CLASSIFIER_EPSILON = 0.1  # the training radius, reached after --ramp_steps
+CLASSIFIER_PGD_STEPS = 7  # PGD steps of the training attack
+
+
+def define_flags():
+    flags.DEFINE_list("configs", ["mlp_avae"], f"Configs to run: {', '.join([*CONFIGS, CLASSIFIER])}.")
+    flags.DEFINE_integer("train_steps", 20_000, "Training steps of every config (the shared budget).", lower_bound=1)
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist (prepared: no download).")
+    flags.DEFINE_string("runs_dir", "/tmp/robust_zoo/ablations", "Model directories go to <runs_dir>/<run name>.")
+    flags.DEFINE_string("name_suffix", "", "Appended to each config's run name (e.g. a budget or a variant).")
+    flags.DEFINE_list("extra_train_flags", [], "Flags added to every training command (e.g. --robustness_every=2000).")
+    flags.DEFINE_string("output_dir", "results", f"Where {RESULTS_NAME}.json and .md go (rows are merged).")
+    flags.DEFINE_list("epsilons", ["0.02", "0.05", "0.1"], "L-inf radii of the attacks.")
+    flags.DEFINE_integer("num_examples", 500, "Test digits attacked (the first N of the test split).", lower_bound=1)
+    flags.DEFINE_integer(
+        "probe_examples", 10_000, "Training digits the probe is fitted on (the first N).", lower_bound=1
+    )
+    flags.DEFINE_integer("pgd_steps", 20, "PGD steps.", lower_bound=1)
+    flags.DEFINE_integer("restarts", 2, "PGD random restarts (the worst case is kept).", lower_bound=1)
+    flags.DEFINE_enum("scaling", "dimension", ["dimension", "global"], "Probe feature scaling (evaluate.probes).")
+    flags.DEFINE_bool("evaluate_only", False, "Measure the trained models again without training.")
+    flags.DEFINE_integer("ramp_steps", 3000, "Classifier: steps over which the training radius grows to 0.1.")
+    flags.DEFINE_float("classifier_learning_rate", 1e-3, "Classifier: Adam learning rate.")
+    flags.DEFINE_integer("seed", 0, "Seed of training, probe and attacks.")
+
+
+def train_args(model, model_flags, model_dir, train_steps, data_dir, seed, extra=()):
+    """The arguments of `python -m` that train one config (`train.<model> --...`)."""
+    return [
+        f"train.{model}", f"--dataset={DATASET}", *([f"--data_dir={data_dir}"] if data_dir else []), "--nodownload",
+        f"--model_dir={model_dir}", f"--train_steps={train_steps}", f"--seed={seed}", "--eval_examples=0",
+        "--checkpoint_every=1000", "--precision=float32", "--nosummary", *model_flags, *extra,
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+
+
+def build_classifier(image_shape, num_classes=10, hidden=200, depth=4):
+    """The encoder's 4x200 ReLU MLP with a linear head; returns (classifier, last-hidden-layer model)."""
+    import keras
+    from keras import layers
+
+    images = keras.Input(image_shape)
+    x = layers.Flatten()(images)
+    for _ in range(depth):
+        x = layers.Dense(hidden, activation="relu")(x)
+    classifier = keras.Model(images, layers.Dense(num_classes)(x), name="classifier")
+    return classifier, keras.Model(images, x, name="features")
+
+
+def classifier_config(train_steps, ramp_steps, learning_rate, seed):
+    """The classifier's config.json: what was trained (the ModelDir identity keys, and its recipe)."""
+    from zoo import data as zoo_data
+
+    return {
+        "model": CLASSIFIER, "arch": "mlp", "dataset": DATASET, "latent_dim": 200,
+        "image_shape": list(zoo_data.get_spec(DATASET).image_shape), "train_steps": train_steps,
+        "epsilon": CLASSIFIER_EPSILON, "ramp_steps": ramp_steps, "pgd_steps": CLASSIFIER_PGD_STEPS,
+        "learning_rate": learning_rate, "seed": seed,
+    }  # fmt: skip
+
+
+def train_adversarial_classifier(model_dir, data_dir, config, batch_size=64):
+    """Madry et al. (2018) adversarial training: minimise the cross-entropy of the PGD-maximised input.
+
+    The radius grows linearly from 0 to `config["epsilon"]` over the first `config["ramp_steps"]` steps (at
+    full radius from the start, training stays at chance). Saves the classifier as the model directory's
+    model (`ModelDir`), beside `config`; returns it. An existing trained classifier is loaded instead.
+    """
+    import keras
+    import tensorflow as tf
+
+    import zoo
+    from zoo import attacks
+    from zoo import data as zoo_data
+
+    directory = ModelDir(model_dir)
+    if directory.has_model():
+        return zoo.load(directory)
+    directory.prepare(config)
+    seed, ramp_steps, epsilon = config["seed"], config["ramp_steps"], config["epsilon"]
+    keras.utils.set_random_seed(seed)
+    classifier, _ = build_classifier(tuple(config["image_shape"]))
+    optimizer = keras.optimizers.Adam(config["learning_rate"])
+    data = zoo_data.load(DATASET, "train", batch_size, data_dir=data_dir, shuffle=True, seed=seed, repeat=True,
+                         drop_remainder=True, download=False)  # fmt: skip
+
+    def cross_entropy(x, y):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=classifier(x, training=True))
+
+    @tf.function(jit_compile=True)
+    def step(x, y, radius, attack_seed):
+        x_adv = attacks.pgd(lambda inputs: cross_entropy(inputs, y), x, radius, config["pgd_steps"], seed=attack_seed)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(cross_entropy(x_adv, y))
+        variables = classifier.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    start = time.perf_counter()
+    for i, (x, labels) in enumerate(data.take(config["train_steps"])):
+        radius = epsilon * min(1.0, i / ramp_steps) if ramp_steps else epsilon
+        loss = step(x, labels[TASK], tf.constant(radius, tf.float32), tf.constant([seed, i], tf.int32))
+        if (i + 1) % 1000 == 0:
+            print(f"step {i + 1}: radius {radius:.3f}, adversarial loss {float(loss):.3f}, "
+                  f"{(i + 1) / (time.perf_counter() - start):.1f} steps/s", flush=True)  # fmt: skip
+    classifier.save(directory.model_file)
+    return classifier
+
+
+def classifier_command(train_steps, ramp_steps, learning_rate):
+    return (f"python -m benchmarks.robustness_ablations --configs={CLASSIFIER} --train_steps={train_steps} "
+            f"(epsilon {CLASSIFIER_EPSILON} ramped over {ramp_steps} steps, PGD-{CLASSIFIER_PGD_STEPS}, "
+            f"Adam {learning_rate})")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- measurement
+
+
+def measure(encode_mean, check_data, epsilons, pgd_steps, restarts, seed, scaling):
+    """{"clean": a, "<eps>": a, ...}: the quick robustness check (linear probe, then end-to-end L-inf PGD)."""
+    from train import robustness_check
+
+    result = robustness_check.quick_robustness(
+        encode_mean, check_data, epsilons, pgd_steps, seed, restarts=restarts, scaling=scaling
+    )
+    return {"clean": result["clean"], **{f"{epsilon:g}": accuracy for epsilon, accuracy in result["pgd"].items()}}
+
+
+def head_accuracy(classifier, check_data, epsilons, pgd_steps, restarts, seed):
+    """The classifier's own head (no probe) attacked the same way: {"clean": a, "<eps>": a, ...}."""
+    import tensorflow as tf
+
+    from evaluate import worst_case
+
+    test_images, test_labels = check_data[4:]
+    logits_fn = lambda x: classifier(x, training=False)  # noqa: E731
+    x, y = tf.constant(test_images), tf.constant(test_labels)
+    result = {"clean": float(np.mean(np.argmax(logits_fn(x).numpy(), axis=-1) == test_labels))}
+    pgd_correct = worst_case.make_pgd_correct(logits_fn, pgd_steps, restarts)
+    for i, epsilon in enumerate(epsilons):
+        correct = pgd_correct(x, y, tf.constant(epsilon, tf.float32), tf.constant([seed, i]))
+        result[f"{epsilon:g}"] = float(np.mean(correct))
+    return result
+
+
+def final_step(model_dir):
+    """The last step in the run's step timing (None without one)."""
+    path = ModelDir(model_dir).timing_file
+    if not os.path.exists(path):
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return int(rows[-1]["step"]) if rows else None
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+def results_paths(output_dir):
+    return os.path.join(output_dir, f"{RESULTS_NAME}.json"), os.path.join(output_dir, f"{RESULTS_NAME}.md")
+
+
+def read_results(json_path):
+    if not os.path.exists(json_path):
+        return {}
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def markdown(rows, command):
+    epsilons = sorted({k for row in rows.values() for k in row["accuracy"] if k != "clean"}, key=float)
+    lines = [
+        "# Robustness ablations (issue 11)",
+        "",
+        "Linear digit probe on the frozen encoder mean (classifier: its last hidden layer; `head`: its own "
+        "head), fitted on the first training digits; L-inf PGD on the first test digits of ColorMNIST. "
+        "Written by `python -m benchmarks.robustness_ablations`; each row's commands are below the table.",
+        "",
+        "| run | steps | probe scaling | examples | PGD | clean | " + " | ".join(f"eps {e}" for e in epsilons) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(epsilons),
+    ]
+    for name, row in sorted(rows.items()):
+        acc = row["accuracy"]
+        cells = [f"{100 * acc[k]:.1f} %" if k in acc else "" for k in ["clean", *epsilons]]
+        lines.append(f"| {name} | {row['steps']} | {row['scaling']} | {row['num_examples']} | "
+                     f"{row['pgd_steps']}x{row['restarts']} | " + " | ".join(cells) + " |")  # fmt: skip
+    heads = {name: row["head_accuracy"] for name, row in sorted(rows.items()) if "head_accuracy" in row}
+    if heads:
+        lines += ["", "The classifier's own head, attacked the same way:", ""]
+        for name, acc in heads.items():
+            lines.append(f"- `{name}`: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in acc.items()))
+    lines += ["", "## Commands", ""]
+    for name, row in sorted(rows.items()):
+        by = "" if row.get("measured_by") else " (a row kept from an earlier version of this benchmark)"
+        lines += [f"- `{name}`: train `{row['train_command']}`; measure `{row['measure_command']}`{by}"]
+    lines += ["", *runs.produced_by(command)]
+    return "\n".join(lines)
+
+
+def write_results(rows, output_dir, command):
+    """Writes every row (a dict keyed by run name) to the JSON file and the Markdown table."""
+    json_path, md_path = results_paths(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(rows, f, indent=2, sort_keys=True)
+    with open(md_path, "w") as f:
+        f.write(markdown(rows, command))
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def run_config(config, name, model_dir, check_data, epsilons, previous):
+    """Trains (unless --evaluate_only) and measures one config; returns its row."""
+    import keras
+
+    import zoo
+
+    start = time.perf_counter()
+    head = None
+    if config == CLASSIFIER:
+        command = classifier_command(FLAGS.train_steps, FLAGS.ramp_steps, FLAGS.classifier_learning_rate)
+        if FLAGS.evaluate_only:
+            classifier = zoo.load(model_dir)  # FileNotFoundError naming the file when it was never trained
+            command = previous.get("train_command", command)
+        else:
+            recipe = classifier_config(FLAGS.train_steps, FLAGS.ramp_steps, FLAGS.classifier_learning_rate, FLAGS.seed)
+            classifier = train_adversarial_classifier(model_dir, FLAGS.data_dir, recipe)
+        features = keras.Model(classifier.inputs, classifier.layers[-2].output)
+        encode_mean = lambda x: features(x, training=False)  # noqa: E731
+        steps = ModelDir(model_dir).read_config().get("train_steps")
+        head = classifier
+    else:
+        model, model_flags = CONFIGS[config]
+        args = train_args(model, model_flags, model_dir, FLAGS.train_steps, FLAGS.data_dir, FLAGS.seed,
+                          FLAGS.extra_train_flags)  # fmt: skip
+        command = shlex.join(["python", "-m", *args])
+        if FLAGS.evaluate_only:  # the command that trained it, as recorded by its first measurement
+            command = previous.get("train_command") or (
+                f"(not trained by this program; its settings: {ModelDir(model_dir).flags_file})"
+            )
+        else:
+            runs.run(args, os.path.join(FLAGS.runs_dir, "logs", f"{name}.log"))
+        trained = zoo.load(model_dir)
+        encode_mean = lambda x: trained(x, training=False)  # noqa: E731
+        steps = final_step(model_dir)
+    train_seconds = time.perf_counter() - start
+    accuracy = measure(encode_mean, check_data, epsilons, FLAGS.pgd_steps, FLAGS.restarts, FLAGS.seed, FLAGS.scaling)
+    row = {
+        "config": config, "model_dir": model_dir, "steps": steps, "accuracy": accuracy, "scaling": FLAGS.scaling,
+        "num_examples": FLAGS.num_examples, "probe_examples": FLAGS.probe_examples, "pgd_steps": FLAGS.pgd_steps,
+        "restarts": FLAGS.restarts, "train_command": command,
+        "measure_command": runs.command_line("benchmarks.robustness_ablations"), "measured_by": MEASURED_BY,
+    }  # fmt: skip
+    if head is not None:
+        row["head_accuracy"] = head_accuracy(head, check_data, epsilons, FLAGS.pgd_steps, FLAGS.restarts, FLAGS.seed)
+    row["seconds"] = time.perf_counter() - start - train_seconds
+    return row
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments: {argv[1:]}")
+    unknown = [c for c in FLAGS.configs if c not in CONFIGS and c != CLASSIFIER]
+    if unknown:
+        sys.exit(f"error: unknown config(s) {unknown}; choose from {', '.join([*CONFIGS, CLASSIFIER])}")
+    console.quiet_info_logs()
+    from train import robustness_check
+
+    epsilons = [float(e) for e in FLAGS.epsilons]
+    check_data = robustness_check.load_check_data(
+        DATASET, FLAGS.data_dir, False, probe_examples=FLAGS.probe_examples, test_examples=FLAGS.num_examples
+    )
+    assert check_data[0] == TASK, check_data[0]
+    json_path, _ = results_paths(FLAGS.output_dir)
+    command = runs.command_line("benchmarks.robustness_ablations")
+    for config in FLAGS.configs:
+        name = config + FLAGS.name_suffix
+        key = name if FLAGS.scaling == "dimension" else f"{name} ({FLAGS.scaling} probe)"
+        model_dir = os.path.join(FLAGS.runs_dir, name)
+        try:
+            row = run_config(config, name, model_dir, check_data, epsilons, read_results(json_path).get(key, {}))
+        except FileNotFoundError as error:
+            sys.exit(f"error: {error}")
+        rows = read_results(json_path)
+        rows[key] = row
+        write_results(rows, FLAGS.output_dir, command)
+        print(f"[{key}] step {row['steps']}: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in row["accuracy"].items())
+              + (f"; head: {row['head_accuracy']}" if "head_accuracy" in row else ""), flush=True)  # fmt: skip
+    print(f"wrote {', '.join(results_paths(FLAGS.output_dir))}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,40 @@
+"""benchmarks.robustness_ablations without training: its commands are valid training command lines."""
+
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+import zoo
+from benchmarks import robustness_ablations as ablations
+from tests.conftest import REPO
+from train import cli
+from train.settings import TrainSettings
+
+
+def test_importing_the_benchmark_defines_no_flags():
+    # absl.app defines its own flags (--verbosity, ...) when imported: those are not the benchmark's.
+    code = ("from absl import app, flags; before = set(flags.FLAGS); import benchmarks.robustness_ablations; "
+            "print(sorted(set(flags.FLAGS) - before))")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("config", sorted(ablations.CONFIGS))
+def test_every_config_parses_as_the_training_command_line_and_validates(config):
+    model, model_flags = ablations.CONFIGS[config]
+    args = ablations.train_args(model, model_flags, "/tmp/run", 1000, "/data", 0, ["--robustness_every=500"])
+    assert args[0] == f"train.{model}"
+    config_class = zoo.get_model_class(model).config_class
+    values = flags.FlagValues()
+    flags.DEFINE_string("model_dir", None, "", flag_values=values)
+    cli.define_flags(TrainSettings, "train", values)
+    cli.define_flags(config_class, "train", values)
+    values(["train", *args[1:]])  # unknown flags and bad choices raise here
+    settings = TrainSettings(**{f.name: values[f.name].value for f in TrainSettings.fields()})
+    config_class(**{f.name: values[f.name].value for f in config_class.fields()})
+    assert (settings.dataset, settings.precision, settings.download, settings.summary) == ("color_mnist", "float32",
+                                                                                            False, False)  # fmt: skip
+    assert settings.robustness_every == 500 and values["model_dir"].value == "/tmp/run"
