@@ -179,6 +179,7 @@ class BaseVAE(ZooModel):
         self.encoder = networks.build_encoder(arch, self.image_shape, self.latent_dim)
         self.decoder = networks.build_decoder(arch, self.latent_dim, self.image_shape)
         self.built = True  # the functional networks own every weight already
+        self.encoder_has_batch_norm = networks.has_batch_norm(self.encoder)
 
     @property
     def prior(self):
@@ -187,6 +188,24 @@ class BaseVAE(ZooModel):
     def posterior(self, x, training=False):
         z_mean, z_log_var = self.encoder(x, training=training)
         return tfd.MultivariateNormalDiag(loc=z_mean, scale_diag=tf.exp(0.5 * z_log_var))
+
+    def coupled_posteriors(self, x, posterior, auxiliaries, training):
+        """(posterior of the data x, [posterior of each auxiliary batch]) for the couplings (AVAE, SE).
+
+        An encoder with BatchNorm in training mode normalises each pass with its own batch's statistics.
+        Encoded on its own, an auxiliary batch (delusions, PGD inputs) would be normalised differently
+        from the data it is coupled to: a shift shared by the whole auxiliary batch would vanish from its
+        codes, and the coupling could not penalise it. So with BatchNorm the data and the auxiliaries go
+        through one encoder pass over their concatenation, and every coupled code is the same function of
+        its input. (Its moving statistics are then updated twice a step, once by the ELBO's pass over x;
+        the second update is over data and auxiliaries, which training keeps close to the data.) Without
+        BatchNorm a joint pass equals separate passes, so the data's `posterior` is reused.
+        """
+        if not self.encoder_has_batch_norm:
+            return posterior, [self.posterior(a, training=training) for a in auxiliaries]
+        means, log_vars = encode_together(self.encoder, [x, *auxiliaries], training)
+        posteriors = [tfd.MultivariateNormalDiag(loc=m, scale_diag=tf.exp(0.5 * v)) for m, v in zip(means, log_vars)]
+        return posteriors[0], posteriors[1:]
 
     def decode(self, z, training=False):
         """Mean image of p(x|z), in [0, 1]."""
@@ -227,6 +246,17 @@ class BaseVAE(ZooModel):
         return tf.constant(0.0), {}
 
 
+def encode_together(encoder, batches, training):
+    """The encoder's outputs for each of `batches`, from one pass over their concatenation.
+
+    With BatchNorm in training mode, one pass normalises every batch with the same statistics; each output
+    of the encoder comes back as a list with one tensor per batch.
+    """
+    outputs = encoder(tf.concat(batches, axis=0), training=training)
+    sizes = [tf.shape(b)[0] for b in batches]
+    return tf.nest.map_structure(lambda t: tf.split(t, sizes), outputs)
+
+
 class BaseDAE(ZooModel):
     """Deterministic autoencoder; variants implement `compute_losses`.
 
@@ -244,6 +274,14 @@ class BaseDAE(ZooModel):
         self.encoder = keras.Model(encoder.input, encoder.outputs[0], name="encoder")
         self.decoder = networks.build_decoder(arch, self.latent_dim, self.image_shape)
         self.built = True
+        self.encoder_has_batch_norm = networks.has_batch_norm(self.encoder)
+
+    def coupled_codes(self, x, z, auxiliaries, training):
+        """(codes of x, [codes of each auxiliary batch]): `BaseVAE.coupled_posteriors` for point codes."""
+        if not self.encoder_has_batch_norm:
+            return z, [self.encoder(a, training=training) for a in auxiliaries]
+        codes = encode_together(self.encoder, [x, *auxiliaries], training)
+        return codes[0], codes[1:]
 
     def posterior(self, x, training=False):
         return tfd.Independent(tfd.Deterministic(loc=self.encoder(x, training=training)), reinterpreted_batch_ndims=1)

@@ -34,6 +34,11 @@ def _heads(features, latent_dim):
     return z_mean, z_log_var
 
 
+def has_batch_norm(network):
+    """Whether `network` normalises with batch statistics in training mode."""
+    return any(isinstance(layer, layers.BatchNormalization) for layer in network.layers)
+
+
 def _conv_bn_relu(x, filters, kernel, stride, transpose=False):
     conv = layers.Conv2DTranspose if transpose else layers.Conv2D
     x = conv(filters, kernel, strides=stride, padding="same", use_bias=False)(x)

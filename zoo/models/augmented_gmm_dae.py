@@ -34,14 +34,14 @@ class AugmentedGMMDAE(gmm_dae.GMMDAE):
     config_class = AugmentedGMMDAEConfig
     extra_terms = gmm_dae.GMMDAE.extra_terms + ("adversarial_shift",)
 
-    def adversarial_codes(self, x, training):
-        """Codes of FGSM inputs maximising the code shift (eq. 6); gradients reach the encoder only."""
+    def adversarial_inputs(self, x):
+        """FGSM inputs maximising the code shift (eq. 6), stopped: gradients reach the encoder through their codes."""
         clean = tf.stop_gradient(self.encoder(x, training=False))
 
         def code_shift(x_adv):
             return tf.reduce_sum(tf.square(self.encoder(x_adv, training=False) - clean), axis=-1)
 
-        x_adv = attacks.fgsm(
+        return attacks.fgsm(
             code_shift,
             x,
             self.config.epsilon,
@@ -49,10 +49,10 @@ class AugmentedGMMDAE(gmm_dae.GMMDAE):
             random_start=True,
             seed=self.noise_seed(1),
         )
-        return self.encoder(x_adv, training=training)
 
     def regularisers(self, x, z, training):
-        z_adv = self.adversarial_codes(x, training)
+        # Clean and adversarial codes from one encoder pass where BatchNorm needs it (BaseDAE.coupled_codes).
+        z, (z_adv,) = self.coupled_codes(x, z, [self.adversarial_inputs(x)], training)
         ks, cov, extra = self.paired_regularisers(z, z_adv)
         shift = tf.reduce_mean(tf.norm(z_adv - z, axis=-1))
         return ks, cov, {"adversarial_shift": shift, **extra}

@@ -7,7 +7,9 @@ its code z' ~ q(z'|x~) is coupled to z through p_rho(z'|z) = N(rho z,
     <log p_rho(z'|z)>_{q(z|x) q(z'|x~)} + H[q(z'|x~)],
 
 the first in closed form for the two diagonal Gaussians. Because x~ is
-stopped, these terms train the encoder only, never the decoder.
+stopped, these terms train the encoder only, never the decoder. With a
+BatchNorm encoder (conv) the data and the delusions are encoded in one pass
+(`BaseVAE.coupled_posteriors`), so both codes are normalised alike.
 """
 
 import dataclasses
@@ -30,15 +32,14 @@ class AVAE(base.BaseVAE):
 
     def regularizer(self, x, posterior, z, reconstruction, training):
         delusion = tf.stop_gradient(reconstruction)  # decoder(z), as in Algorithm 1
-        delusion_posterior = self.posterior(delusion, training=training)
-        coupling = tf.reduce_mean(
-            maths.coupling_log_prob(
-                posterior.mean(),
-                posterior.variance(),
-                delusion_posterior.mean(),
-                delusion_posterior.variance(),
-                self.config.rho,
-            )
-        )
-        entropy = tf.reduce_mean(delusion_posterior.entropy())
+        posterior, (delusion_posterior,) = self.coupled_posteriors(x, posterior, [delusion], training)
+        coupling, entropy = coupling_and_entropy(posterior, delusion_posterior, self.config.rho)
         return -(coupling + entropy), {"coupling_log_prob": coupling, "delusion_entropy": entropy}
+
+
+def coupling_and_entropy(posterior, coupled, rho):
+    """Eq. (13)'s two terms, batch means: <log p_rho(z'|z)>_{q(z|x) q(z'|x')} in closed form, and H[q(z'|x')]."""
+    coupling = tf.reduce_mean(
+        maths.coupling_log_prob(posterior.mean(), posterior.variance(), coupled.mean(), coupled.variance(), rho)
+    )
+    return coupling, tf.reduce_mean(maths.gaussian_entropy(coupled.variance()))

@@ -75,7 +75,7 @@ class SE(base.BaseVAE):
 
     def regularizer(self, x, posterior, z, reconstruction, training):
         rho = self.config.rho
-        adversarial = self.posterior(select(self, x, rho), training=training)
+        posterior, (adversarial,) = self.coupled_posteriors(x, posterior, [select(self, x, rho)], training)
         z_var, z_prime_var = posterior.variance(), adversarial.variance()
         psi = maths.coupling_cross_cov(z_var, z_prime_var, rho)
         coupling = tf.reduce_mean(

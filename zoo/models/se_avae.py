@@ -15,7 +15,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from zoo import maths, registry
+from zoo import registry
 from zoo.config import COUPLING, setting
 from zoo.models import avae, se
 
@@ -34,14 +34,14 @@ class SEAVAE(avae.AVAE):
     extra_terms = avae.AVAE.extra_terms + ("se_coupling_log_prob", "adversarial_entropy")
 
     def regularizer(self, x, posterior, z, reconstruction, training):
-        penalty, terms = super().regularizer(x, posterior, z, reconstruction, training)
-        rho_se = self.config.rho_se
-        adversarial = self.posterior(se.select(self, x, rho_se), training=training)
-        coupling = tf.reduce_mean(
-            maths.coupling_log_prob(
-                posterior.mean(), posterior.variance(), adversarial.mean(), adversarial.variance(), rho_se
-            )
+        delusion = tf.stop_gradient(reconstruction)  # decoder(z), as in the AVAE
+        selected = se.select(self, x, self.config.rho_se)
+        # Data, delusions and selected inputs in one encoder pass where BatchNorm needs it.
+        posterior, (delusion_posterior, adversarial) = self.coupled_posteriors(
+            x, posterior, [delusion, selected], training
         )
-        entropy = tf.reduce_mean(maths.gaussian_entropy(adversarial.variance()))
-        terms.update(se_coupling_log_prob=coupling, adversarial_entropy=entropy)
-        return penalty - (coupling + entropy), terms
+        coupling, entropy = avae.coupling_and_entropy(posterior, delusion_posterior, self.config.rho)
+        se_coupling, adversarial_entropy = avae.coupling_and_entropy(posterior, adversarial, self.config.rho_se)
+        terms = {"coupling_log_prob": coupling, "delusion_entropy": entropy,
+                 "se_coupling_log_prob": se_coupling, "adversarial_entropy": adversarial_entropy}  # fmt: skip
+        return -(coupling + entropy) - (se_coupling + adversarial_entropy), terms
