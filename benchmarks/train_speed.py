@@ -478,13 +478,16 @@ def measure(settings, labels):
                 flops[label, setting.arch] = step_flops(runner.model, runner.batch_spec())
             runner.flops = flops[label, setting.arch]
             runners.append(runner)
-    jax_note = None
-    if FLAGS.jax and any(s.arch == "mlp" for s in settings):
-        jax_note = _jax_missing()
-        if jax_note is None:
-            runners += [_JaxReference(label, label == "AVAE", image_shape, dataset, flops.get((label, "mlp")))
-                        for label in ("VAE", "AVAE")]  # fmt: skip
-        print(f"JAX reference: {jax_note or 'timed'}", flush=True)
+    if not FLAGS.jax:
+        jax_note = "not asked for (--nojax)"
+    elif not any(s.arch == "mlp" for s in settings):
+        jax_note = "no mlp setting to compare it with"
+    else:
+        jax_note = _jax_missing()  # None when jax, haiku and optax import
+    if jax_note is None:
+        runners += [_JaxReference(label, label == "AVAE", image_shape, dataset, flops.get((label, "mlp")))
+                    for label in ("VAE", "AVAE")]  # fmt: skip
+    print(f"JAX reference: {jax_note or 'timed'}", flush=True)
 
     peak = MatmulPeak(FLAGS.matmul_size)
     estimate = {}
