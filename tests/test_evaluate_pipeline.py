@@ -105,7 +105,7 @@ def test_protocol_writes_json_table_and_plots(vae_dir, tfds_dir, tmp_path):
     assert settings["ms_ssim"]["scales"] == 3 and settings["stochastic_encoder"] and settings["square_queries"] == 50
     assert settings["stages"] == list(stages.STAGES) and settings["pgd_steps"] == 3
     assert saved["timing"]["adversarial_accuracy"]["examples_per_second"] > 0
-    for name in ("robustness.md", "accuracy_vs_epsilon.png", "ae_attacks.png", "chain.png", "radius.png"):
+    for name in (ModelDir.ROBUSTNESS_REPORT, "accuracy_vs_epsilon.png", "ae_attacks.png", "chain.png", "radius.png"):
         assert os.path.getsize(os.path.join(output, name)) > 0, name
     table = open(ModelDir(output).robustness_report).read()
     assert "| digit |" in table and "eps=0.05" in table and "| digit | **worst case** |" in table
