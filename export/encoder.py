@@ -230,9 +230,10 @@ def model_card(model, model_dir):
         lines.append(f"(no {ModelDir.FLAGS} in the model directory)")
     lines += ["", "## Robustness", ""]
     if evaluation is not None:
+        attacks = ", ".join(evaluation.get("attack_budgets") or {}) or "not recorded"
         lines += [f"From `{ModelDir.ROBUSTNESS}` (`python -m evaluate.robustness`): accuracy of a linear probe on "
-                  "the embedding under the worst case of the attacks run, by L-inf radius.", "",
-                  robustness_table(evaluation)]  # fmt: skip
+                  f"the embedding under the worst case per example of the attacks run ({attacks}), by L-inf "
+                  "radius.", "", robustness_table(evaluation)]  # fmt: skip
     else:
         lines.append(f"(no {ModelDir.ROBUSTNESS} in the model directory at export time)")
     return "\n".join(lines) + "\n", card

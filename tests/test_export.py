@@ -40,7 +40,8 @@ def model():
     return tiny_trained_model()
 
 
-EVALUATION = {"adversarial_accuracy": {"digit": {"0": 0.93, "0.1": 0.81, "0.2": 0.64}}}
+EVALUATION = {"adversarial_accuracy": {"digit": {"0": 0.93, "0.1": 0.81, "0.2": 0.64}},
+              "attack_budgets": {"pgd": {"steps": 40}, "square": {"queries": 5000}}}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,7 @@ def test_layout_config_files_and_model_card(exported, model):
     card = open(os.path.join(path, "assets", "model_card.md")).read()
     assert "avae" in card and "mnist_embedded" in card and "| rho | 0.975 |" in card
     assert "| task | eps 0 | eps 0.1 | eps 0.2 |" in card and "| digit | 0.93 | 0.81 | 0.64 |" in card
+    assert "worst case per example of the attacks run (pgd, square)" in card
     card_json = json.load(open(os.path.join(path, "assets", "model_card.json")))
     assert card_json["latent_dim"] == LATENT and card_json["version"] == 1
     assert card_json["evaluation"] == EVALUATION  # the card carries the model's own robustness table
