@@ -163,3 +163,16 @@ def test_lipschitz_vae_maps_never_exceed_the_bound(mnist):
             b.assign(a + scale * tf.math.l2_normalize(b - a + gradient, axis=list(range(1, a.shape.rank))))
         assert np.max(ratios) <= bound * (1 + 1e-4), (name, np.max(ratios))
         assert np.max(ratios) > 0.2 * bound, (name, np.max(ratios))  # the search is not vacuous
+
+
+def test_validation_weighs_batches_by_examples_and_an_empty_batch_by_nothing(mnist):
+    model = _model("vae")
+    x = mnist[:8]
+    whole = float(model.test_step(x)["kl"])  # the KL needs no noise: the same for any split of the batch
+    model.reset_metrics()
+    model.test_step(x[:6])
+    split = model.test_step(x[6:])
+    np.testing.assert_allclose(float(split["kl"]), whole, rtol=1e-5)  # not the mean of the two batch means
+    after_empty = model.test_step(x[:0])  # what a worker out of validation data runs under MultiWorkerMirrored
+    assert all(np.isfinite(float(v)) for v in after_empty.values())
+    np.testing.assert_allclose(float(after_empty["kl"]), whole, rtol=1e-5)

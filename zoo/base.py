@@ -140,11 +140,20 @@ class ZooModel(keras.Model):
         return self.update_trackers(terms)
 
     def test_step(self, data):
-        return self.update_trackers(self.compute_losses(images_of(data), training=False))
+        x = images_of(data)
+        # Each batch weighs by its examples, so a short last batch counts for what it holds, and an empty
+        # one (a worker out of validation data under MultiWorkerMirroredStrategy, kept in step with the
+        # others) for nothing: its means are 0 / 0.
+        examples = tf.cast(tf.shape(x)[0], tf.float32)
+        return self.update_trackers(self.compute_losses(x, training=False), weight=examples)
 
-    def update_trackers(self, terms):
+    def update_trackers(self, terms, weight=None):
         for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
+            if weight is None:
+                tracker.update_state(terms[name])
+            else:
+                value = tf.where(weight > 0, terms[name], tf.zeros_like(terms[name]))
+                tracker.update_state(value, sample_weight=weight)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
 
@@ -221,10 +230,11 @@ class BaseVAE(ZooModel):
 
     def sample_posterior(self, posterior, seed):
         """A training sample z ~ q(z|x), its noise scaled as `posterior_noise` says."""
-        if self.config.posterior_noise == "std":
-            return posterior.sample(seed=seed)
+        # The noise is drawn here rather than by `posterior.sample`: TFP's sampler divides by the batch size,
+        # and an empty batch (a worker out of validation data under MultiWorkerMirroredStrategy) must work.
         noise = tf.random.stateless_normal(tf.shape(posterior.mean()), seed, dtype=posterior.mean().dtype)
-        return posterior.mean() + posterior.variance() * noise
+        scale = posterior.stddev() if self.config.posterior_noise == "std" else posterior.variance()
+        return posterior.mean() + scale * noise
 
     def compute_losses(self, x, training):
         posterior = self.posterior(x, training=training)

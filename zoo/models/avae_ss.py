@@ -38,7 +38,7 @@ class AVAESS(avae.AVAE):
         z_prior = self.prior.sample(batch_size, seed=self.noise_seed(_PRIOR_SALT))
         x = tf.stop_gradient(self.decode(z_prior))
         posterior = self.posterior(x, training=training)
-        z = posterior.sample(seed=self.noise_seed(0))
+        z = self.sample_posterior(posterior, self.noise_seed(0))
         kl = tf.reduce_mean(maths.gaussian_kl(posterior.mean(), posterior.variance()))
         penalty, extra = self.regularizer(x, posterior, z, self.decode(z), training)
         return {"loss": kl + penalty, "kl": kl, **extra}
