@@ -28,6 +28,7 @@ setup(
         "httptools",  # the REST server's HTTP parser (serving/http.py)
         "uvloop",  # its event loop
         "orjson",
+        "pysimdjson",  # the REST server's arrays of numbers: JSON text straight to doubles (serving/tensor_json.py)
         "grpcio",
         "tensorflow-serving-api~=2.21.0",
         "adversarial-robustness-toolbox~=1.20",  # AutoAttack (APGD-CE, APGD-DLR, Square) for the evaluation

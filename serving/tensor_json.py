@@ -12,10 +12,11 @@ Parsing (`parse_json`) has two paths with one result:
 
 - Fast: every array that holds only numbers is located in the body text,
   checked to be dense (its bracket structure must be the one its shape
-  implies, compared as text) and parsed as one flat list by orjson; it
-  becomes a `NumberArray`, converted to a numpy array in one call once its
-  tensor's dtype is known. The rest of the document is parsed by orjson
-  with a placeholder where each array was. No Python code runs per number.
+  implies, compared as text) and parsed by simdjson straight into a buffer
+  of doubles (no Python object per number); it becomes a `NumberArray`,
+  cast to its tensor's dtype once that is known. The rest of the document
+  is parsed by orjson with a placeholder where each array was. No Python
+  code runs per number.
 - Exact: anything else (`NaN`/`Infinity` tokens, `true` or strings among
   numbers, ragged arrays, invalid JSON) is parsed as a whole, by orjson or,
   for the tokens orjson rejects, by the standard library, and converted
@@ -29,10 +30,11 @@ import functools
 import json
 import math
 import re
-import struct
+import threading
 
 import numpy as np
 import orjson
+import simdjson
 
 from serving.errors import invalid_argument
 
@@ -73,46 +75,56 @@ def dtype_name(dtype):
 
 
 class NumberArray:
-    """A dense JSON array of numbers from a request: its values as one flat list, and its shape.
+    """A dense JSON array of numbers from a request: its text, its shape and its values as doubles.
 
     Stands in the parsed document for the array until the dtype of the tensor
     it fills is known (`to_array`); `to_list` gives the nested lists the exact
     path and error messages need.
     """
 
-    __slots__ = ("values", "shape")
+    __slots__ = ("text", "shape", "doubles")
 
-    def __init__(self, values, shape):
-        self.values = values
+    def __init__(self, text, shape, doubles):
+        self.text = text
         self.shape = shape
+        self.doubles = doubles  # flat float64, as TF Serving reads any JSON number (GetDouble) before its cast
 
     def to_array(self, dtype):
         """The numpy array for a tensor of `dtype`, or None where only the exact path can answer."""
         if dtype in _FLOAT_TYPES:
-            values = self.values
-            try:  # struct converts a list of numbers to doubles fastest (numpy goes through an iterator)
-                if len(values) <= _PACK_CHUNK:
-                    packed = struct.pack(f"{len(values)}d", *values)
-                else:  # in parts: bounds the argument tuple
-                    parts = (values[i : i + _PACK_CHUNK] for i in range(0, len(values), _PACK_CHUNK))
-                    packed = b"".join(struct.pack(f"{len(part)}d", *part) for part in parts)
-            except (OverflowError, struct.error):
-                return None
             with np.errstate(over="ignore"):  # beyond float32: +-inf, as TF Serving's cast of the double gives
-                array = np.frombuffer(packed, np.float64).astype(NUMPY_DTYPES[dtype])
-            return array.reshape(self.shape)
+                return self.doubles.astype(NUMPY_DTYPES[dtype]).reshape(self.shape)
         if dtype in _INT_RANGES:
-            array = np.array(self.values)  # int64 when every value is an integer that fits
+            array = _flat_numbers(self.text, "i")  # integers only: 1.0 does not fill an integer tensor
             low, high = _INT_RANGES[dtype]
-            if array.dtype.kind != "i" or array.min() < low or array.max() > high:
+            if array is None or array.min() < low or array.max() > high:
                 return None
             return array.astype(NUMPY_DTYPES[dtype]).reshape(self.shape)
         return None
 
     def to_list(self):
-        nested = np.empty(len(self.values), dtype=object)
-        nested[:] = self.values
-        return nested.reshape(self.shape).tolist()
+        return orjson.loads(self.text)
+
+
+_SIMDJSON_TYPES = {"d": np.float64, "i": np.int64}
+_parsers = threading.local()  # a simdjson parser keeps its buffers between documents; one per thread
+
+
+def _flat_numbers(text, of_type):
+    """The numbers of a JSON array (nested to any depth) as one flat array of doubles ("d") or int64 ("i").
+
+    None when the text is not valid JSON, holds anything but numbers, or a
+    number that does not fit (e.g. 1e400, integers beyond 64 bits): the exact
+    path then decides.
+    """
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    try:  # the parsed document is dropped at once: a parser refuses new text while one is alive
+        buffer = parser.parse(text).as_buffer(of_type=of_type)
+    except (ValueError, TypeError, RuntimeError):
+        return None
+    return np.frombuffer(buffer, _SIMDJSON_TYPES[of_type])
 
 
 def _number_array_default(value):
@@ -132,7 +144,6 @@ def _string_default(value):
 _STRING_OR_ARRAY = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"?|\[')
 _DIGIT = re.compile(rb"[0-9]")
 _NUMBER_AND_SPACE = b"0123456789.eE+- \t\r\n"
-_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
 # In a valid document an array of numbers is followed (after commas and white
 # space) by the end of its object, the next key, or an object in the list
 # that holds it; anything else between (true, NaN, a string in the array, ...)
@@ -141,7 +152,6 @@ _AFTER_ARRAY = (b"}", b'"', b"{")
 _PLACEHOLDER = "\x00"  # a key no request can hold without writing \u0000, which disables the fast path
 _MAX_FAST_RANK = 32
 _CACHED_STRUCTURE_BYTES = 1 << 16  # structures up to this size have their shape cached
-_PACK_CHUNK = 1 << 20  # numbers per struct.pack call, at most
 
 
 def _dense_structure(dims):
@@ -187,7 +197,7 @@ def _infer_dense_shape(structure):
 
 def _parse_with_number_arrays(body):
     """The document with each dense array of numbers as a NumberArray; None where the exact path must parse it."""
-    if b"\\u0000" in body:
+    if b"\\" in body and b"\\u0000" in body:  # memchr for the backslash first: most bodies have none
         return None
     pieces, arrays, position, done = [], [], 0, 0
     while True:
@@ -209,16 +219,11 @@ def _parse_with_number_arrays(body):
         shape = _dense_shape_of(structure)
         if shape is None:
             return None
-        flat = bytearray(text.translate(_BRACKETS_TO_SPACES))  # one flat list: no nested lists to build
-        flat[0], flat[-1] = 0x5B, 0x5D  # its own brackets
-        try:
-            values = orjson.loads(flat)
-        except orjson.JSONDecodeError:
+        doubles = _flat_numbers(text, "d")
+        if doubles is None or len(doubles) != math.prod(shape):
             return None  # not valid JSON numbers
-        if len(values) != math.prod(shape):
-            return None
         pieces += [body[done:start], b'{"\\u0000":%d}' % len(arrays)]
-        arrays.append(NumberArray(values, shape))
+        arrays.append(NumberArray(text, shape, doubles))
         position = done = start + len(text)
     if not arrays:
         return None

@@ -232,6 +232,29 @@ def test_fast_number_arrays_match_the_exact_path(body):
         np.testing.assert_array_equal(fast[1][name], exact[1][name])
 
 
+@pytest.mark.parametrize(
+    "body, dtype",
+    [
+        (b'{"inputs": [[1, -2], [3, 4]]}', tensor_json.DT_INT32),
+        (b'{"inputs": [1.0, 2]}', tensor_json.DT_INT32),  # 1.0 is no integer: the exact path's error
+        (b'{"inputs": [1, 3000000000]}', tensor_json.DT_INT32),
+        (b'{"inputs": [1, 18446744073709551615]}', tensor_json.DT_UINT64),  # beyond int64
+        (b'{"inputs": [1, 1e400]}', tensor_json.DT_FLOAT),  # beyond a double: simdjson refuses, the exact path casts
+    ],
+)  # fmt: skip
+def test_fast_path_agrees_with_the_exact_one_where_numbers_need_care(body, dtype):
+    def outcome(parse):
+        try:
+            fmt, arrays = tensor_json.request_to_arrays(parse(body), {"x": dtype})
+            return fmt, arrays["x"].dtype, arrays["x"].tolist()
+        except ServingError as error:
+            return error.message
+
+    assert outcome(tensor_json.parse_json) == outcome(tensor_json._parse_exactly)
+    # a document the fast parser refused leaves it ready for the next one
+    assert tensor_json._parse_with_number_arrays(b'{"inputs": [[0.5, 1]]}')["inputs"].doubles.tolist() == [0.5, 1.0]
+
+
 def test_documents_the_fast_path_leaves_to_the_exact_one():
     for body in [b'{"instances": [1, NaN]}', b'{"instances": [[1, 2], [3]]}', b'{"instances": [1, true]}',
                  b'{"instances": ["\\u0000", 1]}', b'{"instances": [{"b64": "aGk="}]}']:  # fmt: skip
