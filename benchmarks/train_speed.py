@@ -28,6 +28,10 @@ and AVAE written here (`_JaxReference`) run in the same rounds, fed by the same 
 gives the project's steps/s over theirs. Without them that part is skipped, saying so.
 
 Writes `--output`.md (the tables and the command) and `--output`.json (every round).
+
+`--profile_steps=N` profiles N steps of every configuration with TensorFlow's profiler instead (its
+framework op statistics, read as TensorBoard's profile plugin reads them) and writes where the step
+spends its time: op self time by op type and the most expensive ops, to `--output`.md and .json.
 """
 
 import importlib.util
@@ -104,6 +108,8 @@ def define_flags():
     flags.DEFINE_integer("matmul_size", 1024, "Side of the square matmuls that measure the peak.", lower_bound=64)
     flags.DEFINE_bool("jax", True, "Also time the JAX/Haiku reference VAE and AVAE (mlp) when jax is importable.")
     flags.DEFINE_string("output", "results/train_speed", "Output path without extension (.md and .json are written).")
+    flags.DEFINE_integer("profile_steps", 0, "Instead of timing: profile this many steps of every configuration with "
+                         "TensorFlow's profiler and write its op self time by op type and by layer.", lower_bound=0)
 
 
 class Setting:
@@ -258,7 +264,14 @@ def machine():
         "gpus": gpus,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "onednn": _onednn_enabled(),
     }
+
+
+def _onednn_enabled():
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 class MatmulPeak:
@@ -510,6 +523,69 @@ def measure(settings, labels):
     return runners, peak, loads, jax_note
 
 
+def profile(settings, labels, steps):
+    """Op self time of `steps` steps of each configuration, from TensorFlow's profiler (framework op stats)."""
+    import tempfile
+
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
+
+    dataset, size_only = _datasets()
+    image_shape = tuple(zoo_data.get_spec(FLAGS.dataset).image_shape)
+    _fill_cache(dataset)
+    profiles = []
+    for setting in settings:
+        for label, name, hyperparameters in MODELS:
+            if label not in labels or not setting.times(label):
+                continue
+            runner = KerasRunner(label, name, hyperparameters, setting, image_shape, dataset, size_only)
+            runner.run(2 * runner.steps_per_execution)  # traced (and compiled) outside the profile
+            log_dir = tempfile.mkdtemp(prefix="train-speed-profile-")
+            tf.profiler.experimental.start(log_dir)
+            seconds = runner.run(steps)
+            tf.profiler.experimental.stop()
+            paths = [os.path.join(root, f) for root, _, files in os.walk(log_dir) for f in files
+                     if f.endswith(".xplane.pb")]  # fmt: skip
+            table = json.loads(profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")[0])[0]
+            columns = [column["id"] for column in table["cols"]]
+            ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
+            ops = [op for op in ops if op["type"] != "IDLE"]
+            total = sum(op["total_self_time"] for op in ops)
+            profiled = max(1, round(steps / runner.steps_per_execution)) * runner.steps_per_execution
+            by_type = {}
+            for op in ops:
+                by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["total_self_time"]
+            profiles.append({
+                "model": label, "arch": setting.arch, "precision": setting.precision, "xla": setting.xla,
+                "steps_per_execution": setting.steps_per_execution, "profiled_steps": profiled,
+                "seconds_per_step": float(np.mean(seconds)),
+                "busy_ms_per_step": total / 1e3 / profiled,
+                "by_type": sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1]),
+                "top_ops": [(op["operation"], op["type"], op["total_self_time"] / total)
+                            for op in sorted(ops, key=lambda op: -op["total_self_time"])[:8]],
+            })  # fmt: skip
+            print(f"profiled {label} {runner.key}", flush=True)
+    return profiles
+
+
+def profile_markdown(result):
+    lines = ["# Where a training step spends its time (TensorFlow profiler)", "",
+             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; oneDNN kernels "
+             f"{'on' if result['machine']['onednn'] else 'off'}. Self time of each op (its own kernel time, "
+             "children excluded) over the profiled steps, as a share of the step's busy time (the profiler's idle "
+             "time left out). An XLA-compiled step is not broken down into TensorFlow ops: profile with XLA off "
+             "to see them.", ""]  # fmt: skip
+    for entry in result["profiles"]:
+        lines += [f"## {entry['model']}, {entry['arch']}, {entry['precision']}, XLA {entry['xla']}",
+                  "", f"{entry['profiled_steps']} steps, {entry['seconds_per_step'] * 1e3:.0f} ms per step under the "
+                  f"profiler; op self time summed over threads: {entry['busy_ms_per_step']:.0f} ms per step.", "",
+                  "| op type | share of busy time |", "|---|---:|"]  # fmt: skip
+        lines += [f"| {op_type} | {100 * share:.1f} % |" for op_type, share in entry["by_type"][:10]]
+        lines += ["", "| most expensive ops | type | share |", "|---|---|---:|"]
+        lines += [f"| `{name}` | {op_type} | {100 * share:.1f} % |" for name, op_type, share in entry["top_ops"]]
+        lines.append("")
+    return "\n".join(lines + runs.produced_by(result["command"]))
+
+
 def summarise(runners, peak):
     """One row per configuration: rates, the ratio to the VAE of its setting, FLOPs and the fraction of the peak."""
     vae = {r.key: r for r in runners if r.label in ("VAE", "VAE" + JAX_LABEL)}
@@ -568,7 +644,8 @@ def markdown(result):
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}); bfloat16 {m['bfloat16']}; "
         f"{'GPUs: ' + ', '.join(m['gpus']) if m['gpus'] else 'no GPU'}; TensorFlow {m['tensorflow']}, "
-        f"Keras {m['keras']}; `--precision=auto` picks {m['auto_precision']} here. Load average (1 min) during the "
+        f"Keras {m['keras']}; oneDNN kernels {'on' if m.get('onednn') else 'off'}; `--precision=auto` picks "
+        f"{m['auto_precision']} here. Load average (1 min) during the "
         f"run: {min(result['loads']):.1f}-{max(result['loads']):.1f} (the machine is shared)."
         + (" Other processes wanted more than all the cores throughout, so these rates are lower and noisier "
            "than on an idle machine." if min(result["loads"]) > m["cores"] else ""),
@@ -628,6 +705,10 @@ def main(argv):
     command = (f"nice -n {niceness} " if niceness else "") + "python -m benchmarks.train_speed"
     command = (command + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
     started = time.time()
+    if FLAGS.profile_steps:
+        result = {"command": command, "machine": machine(),
+                  "profiles": profile(settings, set(FLAGS.models), FLAGS.profile_steps)}  # fmt: skip
+        return _write(result, profile_markdown(result))
     runners, peak, loads, jax_note = measure(settings, set(FLAGS.models))
     rows, jax_ratios = summarise(runners, peak)
     result = {
@@ -645,10 +726,13 @@ def main(argv):
         "jax_ratios": jax_ratios,
         "paper": PAPER,
     }
+    _write(result, markdown(result))
+
+
+def _write(result, text):
     os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
     with open(FLAGS.output + ".json", "w") as f:
         json.dump(result, f, indent=2)
-    text = markdown(result)
     with open(FLAGS.output + ".md", "w") as f:
         f.write(text)
     print(text)

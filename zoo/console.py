@@ -1,4 +1,4 @@
-"""A quiet console for the command lines: TensorFlow's own log lines stay off it.
+"""A quiet console for the command lines: TensorFlow's own log lines stay off it (and its fast CPU kernels on).
 
 TensorFlow 2.21 writes C++ log lines (CUDA probing, "All log messages before absl::InitializeLog()")
 while it loads and finds its devices, before TF_CPP_MIN_LOG_LEVEL takes effect. Entry points call
@@ -31,8 +31,17 @@ def _stderr_to_devnull():
 
 
 def quiet_tensorflow():
-    """Loads TensorFlow without its C++ log, unless TF_CPP_MIN_LOG_LEVEL is set; idempotent."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    """Loads TensorFlow without its C++ log, unless TF_CPP_MIN_LOG_LEVEL is set; idempotent.
+
+    Also turns on TensorFlow's oneDNN kernels unless TF_ENABLE_ONEDNN_OPTS says otherwise. TensorFlow
+    enables them by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; elsewhere (AVX2 machines
+    such as AMD Zen) it falls back to Eigen, whose gradient of a strided convolution made the conv encoder's
+    step 3-4x slower (results/onednn.md).
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with _stderr_to_devnull():
