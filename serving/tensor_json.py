@@ -108,6 +108,7 @@ class NumberArray:
 
 _SIMDJSON_TYPES = {"d": np.float64, "i": np.int64}
 _parsers = threading.local()  # a simdjson parser keeps its buffers between documents; one per thread
+_REUSED_PARSER_BYTES = 1 << 20  # larger arrays get a parser of their own, freed with them
 
 
 def _flat_numbers(text, of_type):
@@ -117,9 +118,12 @@ def _flat_numbers(text, of_type):
     number that does not fit (e.g. 1e400, integers beyond 64 bits): the exact
     path then decides.
     """
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = simdjson.Parser()
+    if len(text) > _REUSED_PARSER_BYTES:  # a parser keeps buffers as large as its largest document
+        parser = simdjson.Parser()
+    else:
+        parser = getattr(_parsers, "parser", None)
+        if parser is None:
+            parser = _parsers.parser = simdjson.Parser()
     try:  # the parsed document is dropped at once: a parser refuses new text while one is alive
         buffer = parser.parse(text).as_buffer(of_type=of_type)
     except (ValueError, TypeError, RuntimeError):

@@ -220,6 +220,7 @@ def _exact(body, dtypes):
         b'{"inputs": [[[1]], [[2]], [[3]]]}',
         b'{"instances": [7]}',
         b'{"inputs": [1, 2, 3], "note": "[1,2]"}',
+        orjson.dumps({"inputs": np.arange(150_000, dtype=np.float32) / 7}, option=orjson.OPT_SERIALIZE_NUMPY),  # > 1 MiB
     ],
 )  # fmt: skip
 def test_fast_number_arrays_match_the_exact_path(body):
