@@ -109,7 +109,8 @@ def define_flags():
     flags.DEFINE_bool("jax", True, "Also time the JAX/Haiku reference VAE and AVAE (mlp) when jax is importable.")
     flags.DEFINE_string("output", "results/train_speed", "Output path without extension (.md and .json are written).")
     flags.DEFINE_integer("profile_steps", 0, "Instead of timing: profile this many steps of every configuration with "
-                         "TensorFlow's profiler and write its op self time by op type and by layer.", lower_bound=0)
+                         "TensorFlow's profiler and write its op self time by op type and its most expensive ops.",
+                         lower_bound=0)
 
 
 class Setting:
@@ -361,6 +362,10 @@ class KerasRunner(_Runner):
     def batch_spec(self):
         return tf.TensorSpec(tf.nest.flatten(self.dataset.element_spec)[0].shape, tf.float32)
 
+    def executions(self, steps):
+        """Whole executions that train about `steps` (at least one)."""
+        return max(1, round(steps / self.steps_per_execution))
+
     def run(self, steps):
         """Trains about `steps` in whole executions; the seconds per step of each timed execution.
 
@@ -368,10 +373,9 @@ class KerasRunner(_Runner):
         (about 0.05 s here); that execution is left out unless it is the only one (a slow step, beside which
         the refill is small).
         """
-        executions = max(1, round(steps / self.steps_per_execution))
         timer = StepTimer()
-        self.model.fit(self.dataset, steps_per_epoch=executions * self.steps_per_execution, epochs=1, verbose=0,
-                       shuffle=False, callbacks=[timer])  # fmt: skip
+        self.model.fit(self.dataset, steps_per_epoch=self.executions(steps) * self.steps_per_execution, epochs=1,
+                       verbose=0, shuffle=False, callbacks=[timer])  # fmt: skip
         seconds = [seconds for _, seconds in timer.rows]
         return seconds[1:] or seconds
 
@@ -476,21 +480,25 @@ def _fill_cache(dataset):
         next(iterator)
 
 
-def measure(settings, labels):
-    """Builds and warms every configuration, then times them in alternated rounds; returns (runners, peak)."""
+def _keras_runners(settings, labels):
+    """The training pipeline, its cache filled, and a KerasRunner per configuration: (runners, image shape, dataset)."""
     dataset, size_only = _datasets()
     image_shape = tuple(zoo_data.get_spec(FLAGS.dataset).image_shape)
     _fill_cache(dataset)
-    runners, flops = [], {}
-    for setting in settings:
-        for label, name, hyperparameters in MODELS:
-            if label not in labels or not setting.times(label):
-                continue
-            runner = KerasRunner(label, name, hyperparameters, setting, image_shape, dataset, size_only)
-            if (label, setting.arch) not in flops:  # the same maths in every precision and setting
-                flops[label, setting.arch] = step_flops(runner.model, runner.batch_spec())
-            runner.flops = flops[label, setting.arch]
-            runners.append(runner)
+    runners = [KerasRunner(label, name, hyperparameters, setting, image_shape, dataset, size_only)
+               for setting in settings for label, name, hyperparameters in MODELS
+               if label in labels and setting.times(label)]  # fmt: skip
+    return runners, image_shape, dataset
+
+
+def measure(settings, labels):
+    """Builds and warms every configuration, then times them in alternated rounds; returns (runners, peak)."""
+    runners, image_shape, dataset = _keras_runners(settings, labels)
+    flops = {}
+    for runner in runners:
+        if (runner.label, runner.arch) not in flops:  # the same maths in every precision and setting
+            flops[runner.label, runner.arch] = step_flops(runner.model, runner.batch_spec())
+        runner.flops = flops[runner.label, runner.arch]
     if not FLAGS.jax:
         jax_note = "not asked for (--nojax)"
     elif not any(s.arch == "mlp" for s in settings):
@@ -529,41 +537,34 @@ def profile(settings, labels, steps):
 
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
 
-    dataset, size_only = _datasets()
-    image_shape = tuple(zoo_data.get_spec(FLAGS.dataset).image_shape)
-    _fill_cache(dataset)
     profiles = []
-    for setting in settings:
-        for label, name, hyperparameters in MODELS:
-            if label not in labels or not setting.times(label):
-                continue
-            runner = KerasRunner(label, name, hyperparameters, setting, image_shape, dataset, size_only)
-            runner.run(2 * runner.steps_per_execution)  # traced (and compiled) outside the profile
-            log_dir = tempfile.mkdtemp(prefix="train-speed-profile-")
-            tf.profiler.experimental.start(log_dir)
-            seconds = runner.run(steps)
-            tf.profiler.experimental.stop()
-            paths = [os.path.join(root, f) for root, _, files in os.walk(log_dir) for f in files
-                     if f.endswith(".xplane.pb")]  # fmt: skip
-            table = json.loads(profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")[0])[0]
-            columns = [column["id"] for column in table["cols"]]
-            ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
-            ops = [op for op in ops if op["type"] != "IDLE"]
-            total = sum(op["total_self_time"] for op in ops)
-            profiled = max(1, round(steps / runner.steps_per_execution)) * runner.steps_per_execution
-            by_type = {}
-            for op in ops:
-                by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["total_self_time"]
-            profiles.append({
-                "model": label, "arch": setting.arch, "precision": setting.precision, "xla": setting.xla,
-                "steps_per_execution": setting.steps_per_execution, "profiled_steps": profiled,
-                "seconds_per_step": float(np.mean(seconds)),
-                "busy_ms_per_step": total / 1e3 / profiled,
-                "by_type": sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1]),
-                "top_ops": [(op["operation"], op["type"], op["total_self_time"] / total)
-                            for op in sorted(ops, key=lambda op: -op["total_self_time"])[:8]],
-            })  # fmt: skip
-            print(f"profiled {label} {runner.key}", flush=True)
+    for runner in _keras_runners(settings, labels)[0]:
+        runner.run(2 * runner.steps_per_execution)  # traced (and compiled) outside the profile
+        log_dir = tempfile.mkdtemp(prefix="train-speed-profile-")
+        tf.profiler.experimental.start(log_dir)
+        seconds = runner.run(steps)
+        tf.profiler.experimental.stop()
+        paths = [os.path.join(root, f) for root, _, files in os.walk(log_dir) for f in files
+                 if f.endswith(".xplane.pb")]  # fmt: skip
+        table = json.loads(profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")[0])[0]
+        columns = [column["id"] for column in table["cols"]]
+        ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
+        ops = [op for op in ops if op["type"] != "IDLE"]
+        total = sum(op["total_self_time"] for op in ops)
+        profiled = runner.executions(steps) * runner.steps_per_execution
+        by_type = {}
+        for op in ops:
+            by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["total_self_time"]
+        profiles.append({
+            "model": runner.label, "arch": runner.arch, "precision": runner.precision, "xla": runner.xla,
+            "steps_per_execution": runner.steps_per_execution, "profiled_steps": profiled,
+            "seconds_per_step": float(np.mean(seconds)),
+            "busy_ms_per_step": total / 1e3 / profiled,
+            "by_type": sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1]),
+            "top_ops": [(op["operation"], op["type"], op["total_self_time"] / total)
+                        for op in sorted(ops, key=lambda op: -op["total_self_time"])[:8]],
+        })  # fmt: skip
+        print(f"profiled {runner.label} {runner.key}", flush=True)
     return profiles
 
 
