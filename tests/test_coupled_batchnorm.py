@@ -1,4 +1,5 @@
-"""Couplings of BatchNorm encoders: data and the batches coupled to it (delusions, PGD inputs) share one pass."""
+"""Couplings of BatchNorm encoders: each batch coupled to the data (delusions, PGD inputs) in its own pass (the
+default, `coupled_pass` separate) or in one pass with the data (joint)."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ from train import loop
 from zoo import maths
 
 
-def _model(name, arch):
+def _model(name, arch, coupled_pass="joint"):
     return loop.build_model(name, tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, latent_dim=8,
-                            seed=1)  # fmt: skip
+                            seed=1, coupled_pass=coupled_pass)  # fmt: skip
 
 
 def _images(batch=16, seed=0):
@@ -55,6 +56,23 @@ def test_a_shift_of_the_whole_auxiliary_batch_is_not_normalised_away(conv_avae):
     assert _coupling(conv_avae, x, shifted) < _coupling(conv_avae, x, x)
 
 
+def test_coupled_pass_separate_encodes_each_batch_on_its_own_statistics():
+    # The papers' code: the auxiliary batch is normalised by itself, so the shift above is (mostly) removed.
+    model = loop.build_model("avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8,
+                             seed=1)  # fmt: skip
+    assert model.config.coupled_pass == "separate"  # the default
+    assert model.encoder_has_batch_norm and not model.encodes_coupled_jointly()
+    x = _images()
+    shifted = x + 0.15
+    posterior = model.posterior(x, training=True)
+    data, (alone,) = model.coupled_posteriors(x, posterior, [shifted], training=True)
+    assert data is posterior
+    np.testing.assert_allclose(alone.mean(), model.posterior(shifted, training=True).mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown coupled_pass 'both'; choose one of: joint, separate"):
+        loop.build_model("avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8,
+                         coupled_pass="both")  # fmt: skip
+
+
 def test_without_batchnorm_the_joint_pass_is_the_separate_passes():
     model = _model("avae", "mlp")
     assert not model.encoder_has_batch_norm
@@ -65,9 +83,10 @@ def test_without_batchnorm_the_joint_pass_is_the_separate_passes():
     np.testing.assert_allclose(auxiliary.mean(), model.posterior(other, training=True).mean(), atol=1e-6)
 
 
+@pytest.mark.parametrize("coupled_pass", ["joint", "separate"])
 @pytest.mark.parametrize("name", ["avae", "se", "se_avae"])
-def test_conv_models_with_coupled_passes_take_a_finite_training_step(name):
-    model = _model(name, "conv")
+def test_conv_models_with_coupled_passes_take_a_finite_training_step(name, coupled_pass):
+    model = _model(name, "conv", coupled_pass)
     terms = model.train_step(_images(batch=8))
     assert np.isfinite(float(terms["loss"]))
 

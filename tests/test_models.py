@@ -70,6 +70,18 @@ def test_avae_penalty_is_minus_eq13_coupling_and_delusion_entropy():
     np.testing.assert_allclose(penalty, -(coupling + entropy), rtol=1e-4)
 
 
+def test_a_sampled_delusion_carries_the_likelihood_noise():
+    mean = tf.fill([4, 28, 28, 3], 0.3)
+    np.testing.assert_array_equal(_model("avae").delusion(mean), mean)  # default: the decoder's mean image
+    gaussian = _model("avae", delusion="sample", obs_var=0.1).delusion(mean).numpy()
+    assert abs(np.std(gaussian - 0.3) - np.sqrt(0.1)) < 0.01 and abs(np.mean(gaussian) - 0.3) < 0.01
+    binary = _model("avae", delusion="sample", likelihood="bernoulli").delusion(mean).numpy()
+    assert set(np.unique(binary)) == {0.0, 1.0} and abs(np.mean(binary) - 0.3) < 0.02
+    # SE-AVAE (and AVAE-SS, an AVAE) draw their delusions the same way.
+    se_avae = _model("se_avae", delusion="sample", obs_var=0.1).delusion(mean).numpy()
+    assert abs(np.std(se_avae - 0.3) - np.sqrt(0.1)) < 0.01
+
+
 def test_posterior_noise_scales_with_the_std_or_the_variance():
     x = tf.tile(_images(batch=2), [4000, 1, 1, 1])  # 4,000 draws for each of two images, in one batch
     for noise, power in (("std", 0.5), ("variance", 1.0)):
@@ -139,6 +151,25 @@ def test_color_mnist_is_deterministic_and_uses_seven_colours(tfds_dir):
         channels_on = images[colours == colour].max(axis=(0, 1, 2)) > 0
         expected = [(colour + 1) >> bit & 1 == 1 for bit in range(3)]
         assert channels_on.tolist() == expected
+
+
+def test_colour_per_visit_redraws_the_colour_of_the_same_digit(tfds_dir):
+    # 50 digits, repeated: each visit of a digit keeps its pixels and gets a colour of its own.
+    visits = data.load("color_mnist", "train", batch_size=50, data_dir=tfds_dir, take=50, repeat=True,
+                       colour_per_visit=True, seed=3)  # fmt: skip
+    fixed = next(iter(data.load("color_mnist", "train", batch_size=50, data_dir=tfds_dir, take=50)))
+    batches = [batch for batch, _ in zip(visits, range(4))]
+    grey = fixed[0].numpy().max(axis=-1)
+    colours = np.stack([labels["color"].numpy() for _, labels in batches])
+    for images, labels in batches:
+        np.testing.assert_array_equal(images.numpy().max(axis=-1), grey)
+        for image, colour in zip(images.numpy(), labels["color"].numpy()):
+            channels_on = image.max(axis=(0, 1)) > 0
+            assert channels_on.tolist() == [(colour + 1) >> bit & 1 == 1 for bit in range(3)]
+    # Visits differ (a fixed colour would repeat), and every colour is drawn (7 of 200 draws).
+    assert np.mean(colours[1:] != colours[0]) > 0.7 and set(colours.ravel()) == set(range(7))
+    again = np.stack([labels["color"].numpy() for (_, labels), _ in zip(visits, range(4))])
+    np.testing.assert_array_equal(again, colours)  # from the seed: the same stream every time
 
 
 def test_real_colormnist_training_improves_test_elbo(tfds_dir, tmp_path):

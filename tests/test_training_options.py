@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 import zoo
-from train import loop
+from train import distribute, loop
 from zoo.model_dir import ModelDir
 
 SHAPE = (8, 8, 1)
@@ -74,3 +74,12 @@ def test_mixed_precision_scales_the_loss_and_keeps_outputs_float32(tmp_path):
     assert np.isfinite(history.history["loss"][-1])
     restored = zoo.load(model_dir)
     assert restored.encoder(x)[0].dtype == tf.float32
+
+
+def test_speed_defaults_follow_the_measured_rules():
+    assert distribute.auto_jit_compile("mlp", replicas=1)
+    assert not distribute.auto_jit_compile("mlp", replicas=2)  # one XLA program cannot hold several CPU replicas
+    assert not distribute.auto_jit_compile("conv", replicas=1) and not distribute.auto_jit_compile("conv64", 1)
+    assert distribute.auto_steps_per_execution(checkpoint_every=500, train_steps=2000) == 10
+    assert distribute.auto_steps_per_execution(checkpoint_every=500, train_steps=1004) == 2
+    assert distribute.auto_steps_per_execution(checkpoint_every=25, train_steps=100) == 5

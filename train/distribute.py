@@ -1,6 +1,7 @@
 """Where training runs: `tf.distribute` strategies and each process's role in a cluster."""
 
 import collections
+import math
 import os
 
 import tensorflow as tf
@@ -82,6 +83,26 @@ def auto_precision():
             return "mixed_bfloat16"
         return "mixed_float16" if capability >= (7, 0) else "float32"
     return "mixed_bfloat16" if "amx_bf16" in _cpu_flags() else "float32"
+
+
+# What the speed defaults were chosen from: results/speed_defaults.md (VAE and AVAE, mlp and conv, float32,
+# alternated rounds in one run on a 2-core Xeon). XLA made the mlp step 1.3-1.4x faster and the conv step
+# 3-4x slower; 10 steps per execution added 5-35 % on mlp without XLA and 10 % with it, 50 nothing more, and
+# the conv step (100+ ms) does not notice the per-step Python work.
+AUTO_JIT_ARCHITECTURES = ("mlp",)
+AUTO_STEPS_PER_EXECUTION = 10
+
+
+def auto_jit_compile(arch, replicas):
+    """XLA where it measured faster: the mlp architecture, on one replica (several replicas in one process
+    cannot run one XLA program on CPU, see `loop.build_model`)."""
+    return arch in AUTO_JIT_ARCHITECTURES and replicas == 1
+
+
+def auto_steps_per_execution(checkpoint_every, train_steps):
+    """The largest number of steps up to AUTO_STEPS_PER_EXECUTION that divides the checkpoint interval and
+    the budget, so that no execution has to be shortened."""
+    return math.gcd(AUTO_STEPS_PER_EXECUTION, checkpoint_every, train_steps)
 
 
 def worker_model_dir(model_dir, role):

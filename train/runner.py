@@ -96,6 +96,11 @@ def run(model, model_dir, verbose="auto", **options):
 
     source = _init_source(model, model_class, settings)
     image_shape, arch, latent_dim = _shapes(model_class, source, settings)
+    if settings.jit_compile is None:
+        settings = dataclasses.replace(settings, jit_compile=distribute.auto_jit_compile(arch, replicas))
+    if settings.steps_per_execution is None:
+        settings = dataclasses.replace(settings, steps_per_execution=distribute.auto_steps_per_execution(
+            settings.checkpoint_every, settings.train_steps))  # fmt: skip
     if hyperparameters.get("dataset_size", None) == 0 and model_class.needs_data:
         hyperparameters["dataset_size"] = _train_size(settings)  # 0 asks for the training split's size
     model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}
@@ -122,6 +127,7 @@ def run(model, model_dir, verbose="auto", **options):
         return zoo_data.load(
             settings.dataset, "train", settings.batch_size, data_dir=settings.data_dir, shuffle=True,
             seed=settings.seed + initial_step, repeat=True, drop_remainder=True, download=settings.download,
+            colour_per_visit=settings.colour_per_visit,
         )  # fmt: skip
 
     validation = None

@@ -34,6 +34,8 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 # How the noise of a posterior sample is scaled: by the standard deviation (the reparameterisation of
 # N(mu, sigma^2)) or by the variance, as the public AVAE reference code does (z = mu + sigma^2 eps).
 POSTERIOR_NOISE = ("std", "variance")
+# How a BatchNorm encoder encodes the batches coupled to the data (`ZooModel.encodes_coupled_jointly`).
+COUPLED_PASSES = ("joint", "separate")
 
 
 def images_of(data):
@@ -107,6 +109,11 @@ class ZooModel(keras.Model):
         """p(z), a TFP distribution with event shape [latent_dim]."""
         raise NotImplementedError
 
+    def encodes_coupled_jointly(self):
+        """Whether the data and the batches coupled to it go through one encoder pass: a BatchNorm encoder
+        with `coupled_pass` joint (see `BaseVAE.coupled_posteriors`)."""
+        return self.encoder_has_batch_norm and self.config.coupled_pass == "joint"
+
     def noise_seed(self, salt):
         """A stateless seed for one random draw of one training step.
 
@@ -158,6 +165,19 @@ class ZooModel(keras.Model):
 
 
 @dataclasses.dataclass
+class CoupledConfig(ModelConfig):
+    """The setting of every model that couples the data's codes to those of other batches (AVAE delusions, SE
+    and SE-AVAE PGD inputs, augmented GMM-DAE adversarial inputs)."""
+
+    # separate: with joint passes the conv AVAE lost its robustness (results/coupled_pass.md).
+    coupled_pass: str = setting(
+        "separate", "With a BatchNorm encoder (conv): encode each batch coupled to the data in its own pass, as the "
+        "papers' code does (separate), or together with the data in one pass, with the same batch statistics (joint).",
+        choices=COUPLED_PASSES,
+    )  # fmt: skip
+
+
+@dataclasses.dataclass
 class VAEConfig(ModelConfig):
     # obs_var 0.5 is the public AVAE reference implementation's default.
     obs_var: float = setting(
@@ -202,15 +222,15 @@ class BaseVAE(ZooModel):
         """(posterior of the data x, [posterior of each auxiliary batch]) for the couplings (AVAE, SE).
 
         An encoder with BatchNorm in training mode normalises each pass with its own batch's statistics.
-        Encoded on its own, an auxiliary batch (delusions, PGD inputs) would be normalised differently
-        from the data it is coupled to: a shift shared by the whole auxiliary batch would vanish from its
-        codes, and the coupling could not penalise it. So with BatchNorm the data and the auxiliaries go
-        through one encoder pass over their concatenation, and every coupled code is the same function of
-        its input. (Its moving statistics are then updated twice a step, once by the ELBO's pass over x;
-        the second update is over data and auxiliaries, which training keeps close to the data.) Without
-        BatchNorm a joint pass equals separate passes, so the data's `posterior` is reused.
+        By default (`coupled_pass` separate, as the papers' code does) each auxiliary batch (delusions, PGD
+        inputs) has its own pass and the data's `posterior` is reused. A shift shared by the whole auxiliary
+        batch then vanishes from its codes, which the coupling cannot penalise. `coupled_pass` joint
+        encodes the data and the auxiliaries in one pass over their concatenation instead, so every coupled
+        code is the same function of its input. Measured on the conv AVAE, joint passes cost the encoder
+        its robustness (results/coupled_pass.md), so they are not the default. Without BatchNorm the two
+        are the same.
         """
-        if not self.encoder_has_batch_norm:
+        if not self.encodes_coupled_jointly():
             return posterior, [self.posterior(a, training=training) for a in auxiliaries]
         means, log_vars = encode_together(self.encoder, [x, *auxiliaries], training)
         posteriors = [tfd.MultivariateNormalDiag(loc=m, scale_diag=tf.exp(0.5 * v)) for m, v in zip(means, log_vars)]
@@ -227,6 +247,13 @@ class BaseVAE(ZooModel):
         if self.config.likelihood == "bernoulli":
             return maths.bernoulli_log_likelihood(x, logits)
         return maths.gaussian_log_likelihood(x, tf.sigmoid(logits), self.config.obs_var)
+
+    def sample_likelihood(self, mean, seed):
+        """A sample of p(x|z) given its mean image: mean + sqrt(obs_var) noise (Gaussian), or 0/1 pixels (Bernoulli)."""
+        if self.config.likelihood == "bernoulli":
+            return tf.cast(tf.random.stateless_uniform(tf.shape(mean), seed, dtype=mean.dtype) < mean, mean.dtype)
+        noise = tf.random.stateless_normal(tf.shape(mean), seed, dtype=mean.dtype)
+        return mean + tf.sqrt(tf.cast(self.config.obs_var, mean.dtype)) * noise
 
     def sample_posterior(self, posterior, seed):
         """A training sample z ~ q(z|x), its noise scaled as `posterior_noise` says."""
@@ -288,7 +315,7 @@ class BaseDAE(ZooModel):
 
     def coupled_codes(self, x, z, auxiliaries, training):
         """(codes of x, [codes of each auxiliary batch]): `BaseVAE.coupled_posteriors` for point codes."""
-        if not self.encoder_has_batch_norm:
+        if not self.encodes_coupled_jointly():
             return z, [self.encoder(a, training=training) for a in auxiliaries]
         codes = encode_together(self.encoder, [x, *auxiliaries], training)
         return codes[0], codes[1:]

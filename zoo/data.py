@@ -98,6 +98,14 @@ def _with_colour(image, labels):
     return colourise(image, colour), {**labels, "color": tf.cast(colour, tf.int32)}
 
 
+def _recolour(index, image, labels, seed):
+    """The digit of a coloured image drawn again in a colour drawn from (seed, index)."""
+    colour = tf.random.stateless_uniform([], tf.stack([tf.cast(seed, tf.int64), index]), maxval=NUM_COLOURS,
+                                         dtype=tf.int64)  # fmt: skip
+    grey = tf.reduce_max(image, axis=-1, keepdims=True)  # every colour has at least one channel on
+    return colourise(grey, colour), {**labels, "color": tf.cast(colour, tf.int32)}
+
+
 def _classification(tfds_name, task):
     def load(split, data_dir, download):
         return _tfds_split(tfds_name, split, data_dir, download).map(
@@ -174,13 +182,19 @@ def load(
     drop_remainder=False,
     download=True,
     take=None,
+    colour_per_visit=False,
 ):
     """A batched, prefetched pipeline of `(images, {task: labels})`.
 
     `take` keeps only the first examples of the split (before shuffling), for
-    quick runs and fixed evaluation subsets.
+    quick runs and fixed evaluation subsets. `colour_per_visit` (ColorMNIST)
+    draws each digit's colour afresh every time the pipeline yields it, from
+    `seed` and the example's position in the stream, as the public AVAE code
+    colours its training digits; otherwise a digit keeps its one colour.
     """
     spec = get_spec(name)
+    if colour_per_visit and "color" not in spec.tasks:
+        raise ValueError(f"colour_per_visit recolours ColorMNIST digits; dataset {name!r} has no colour")
     dataset = spec.load(split, data_dir, download)
     if take is not None:
         dataset = dataset.take(take)
@@ -190,4 +204,7 @@ def load(
         dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    if colour_per_visit:
+        dataset = dataset.enumerate().map(lambda i, example: _recolour(i, *example, seed),
+                                          num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

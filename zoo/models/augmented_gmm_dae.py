@@ -18,13 +18,13 @@ import dataclasses
 
 import tensorflow as tf
 
-from zoo import attacks, maths, registry
+from zoo import attacks, base, maths, registry
 from zoo.config import POSITIVE, setting
 from zoo.models import gmm_dae
 
 
 @dataclasses.dataclass
-class AugmentedGMMDAEConfig(gmm_dae.GMMDAEConfig):
+class AugmentedGMMDAEConfig(gmm_dae.GMMDAEConfig, base.CoupledConfig):
     epsilon: float = setting(0.1, "L-inf radius of the FGSM attack on the codes.", check=POSITIVE)
     step_size: float = setting(0.125, "FGSM step from the random start.", check=POSITIVE)
 

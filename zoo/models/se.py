@@ -21,13 +21,13 @@ import dataclasses
 import tensorflow as tf
 
 from zoo import attacks, base, maths, registry
-from zoo.config import AT_LEAST_ONE, COUPLING, NON_NEGATIVE, ModelConfig, setting
+from zoo.config import AT_LEAST_ONE, COUPLING, NON_NEGATIVE, setting
 
 _SELECTION_SALT = 1  # noise_seed salt of the PGD random start (0 is the posterior sample)
 
 
 @dataclasses.dataclass
-class SelectionConfig(ModelConfig):
+class SelectionConfig(base.CoupledConfig):
     """Hyper-parameters of the PGD selection step, shared with SE-AVAE."""
 
     se_epsilon: float = setting(

@@ -34,7 +34,7 @@ class SEAVAE(avae.AVAE):
     extra_terms = avae.AVAE.extra_terms + ("se_coupling_log_prob", "adversarial_entropy")
 
     def regularizer(self, x, posterior, z, reconstruction, training):
-        delusion = tf.stop_gradient(reconstruction)  # decoder(z), as in the AVAE
+        delusion = self.delusion(reconstruction)  # as in the AVAE
         selected = se.select(self, x, self.config.rho_se)
         # Data, delusions and selected inputs in one encoder pass where BatchNorm needs it.
         posterior, (delusion_posterior, adversarial) = self.coupled_posteriors(
