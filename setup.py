@@ -12,6 +12,13 @@ setup(
     ),
     python_requires=">=3.10",
     packages=find_packages(include=["zoo*", "train*", "evaluate*", "export*", "serving*", "benchmarks*"]),
+    # The pretrained encoders (zoo.pretrained): SavedModels in TF Serving's layout, <name>/<version>/...
+    package_data={
+        "zoo": [
+            f"pretrained_encoders/{pattern}"
+            for pattern in ("README.md", "*/*/saved_model.pb", "*/*/fingerprint.pb", "*/*/variables/*", "*/*/assets/*")
+        ]
+    },
     install_requires=[
         "tensorflow~=2.21.0",
         "keras>=3.15,<4",

@@ -22,8 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One device vs MirroredStrategy over 2 virtual CPUs on the same global batch of 8, through the
 # model's own train_step under keras fit. The posterior is made (numerically) deterministic,
-# std = exp(-30), so the per-replica noise streams, which differ by design, do not enter the
-# comparison; everything else (loss scaling over replicas, metric averaging) does.
+# std = exp(-30), and the delusion is the decoder's mean image, so the per-replica noise streams, which
+# differ by design, do not enter the comparison; everything else (loss scaling over replicas, metric averaging) does.
 _MIRRORED_SCRIPT = r"""
 import json
 import numpy as np
@@ -39,7 +39,9 @@ mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 out = {"replicas": mirrored.num_replicas_in_sync}
 
 def build(strategy, weights):
-    model = loop.build_model("avae", strategy, learning_rate=1e-3, image_shape=IMAGE, arch="mlp", latent_dim=8)
+    # delusion="mean": a sampled delusion is noise too, drawn per replica by design.
+    model = loop.build_model("avae", strategy, learning_rate=1e-3, image_shape=IMAGE, arch="mlp", latent_dim=8,
+                             delusion="mean")
     if weights is not None:
         model.set_weights(weights)
     return model

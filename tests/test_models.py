@@ -53,7 +53,7 @@ def _entropy_by_hand(v):
 
 
 def test_avae_penalty_is_minus_eq13_coupling_and_delusion_entropy():
-    model = _model("avae", rho=0.9)
+    model = _model("avae", rho=0.9, delusion="mean")
     x = _images(batch=4)
     posterior = model.posterior(x)
     z = posterior.sample(seed=(5, 6))
@@ -72,8 +72,8 @@ def test_avae_penalty_is_minus_eq13_coupling_and_delusion_entropy():
 
 def test_a_sampled_delusion_carries_the_likelihood_noise():
     mean = tf.fill([4, 28, 28, 3], 0.3)
-    np.testing.assert_array_equal(_model("avae").delusion(mean), mean)  # default: the decoder's mean image
-    gaussian = _model("avae", delusion="sample", obs_var=0.1).delusion(mean).numpy()
+    np.testing.assert_array_equal(_model("avae", delusion="mean").delusion(mean), mean)
+    gaussian = _model("avae", obs_var=0.1).delusion(mean).numpy()  # the default: a sample
     assert abs(np.std(gaussian - 0.3) - np.sqrt(0.1)) < 0.01 and abs(np.mean(gaussian) - 0.3) < 0.01
     binary = _model("avae", delusion="sample", likelihood="bernoulli").delusion(mean).numpy()
     assert set(np.unique(binary)) == {0.0, 1.0} and abs(np.mean(binary) - 0.3) < 0.02

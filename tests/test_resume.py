@@ -49,8 +49,9 @@ def _checkpointed_step(model_dir):
 
 def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path, tfds_dir):
     model_dir = str(tmp_path / "model")
+    # One step per execution: timing.csv then has a row per step, which the check below counts.
     command = _cli("vae", model_dir, "--train_steps=600", "--checkpoint_every=10", "--eval_examples=0",
-                   tfds_dir=tfds_dir)  # fmt: skip
+                   "--steps_per_execution=1", tfds_dir=tfds_dir)  # fmt: skip
 
     # First run: killed (SIGKILL, no chance to clean up) once it has checkpointed step 20.
     first = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

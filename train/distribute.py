@@ -99,10 +99,11 @@ def auto_jit_compile(arch, replicas):
     return arch in AUTO_JIT_ARCHITECTURES and replicas == 1
 
 
-def auto_steps_per_execution(checkpoint_every, train_steps):
+def auto_steps_per_execution(checkpoint_every, train_steps, replicas):
     """The largest number of steps up to AUTO_STEPS_PER_EXECUTION that divides the checkpoint interval and
-    the budget, so that no execution has to be shortened."""
-    return math.gcd(AUTO_STEPS_PER_EXECUTION, checkpoint_every, train_steps)
+    the budget, so that no execution has to be shortened; 1 with several replicas, where Keras 3.15's `fit`
+    under MirroredStrategy fails on an execution of several steps."""
+    return 1 if replicas > 1 else math.gcd(AUTO_STEPS_PER_EXECUTION, checkpoint_every, train_steps)
 
 
 def worker_model_dir(model_dir, role):

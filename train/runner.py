@@ -100,7 +100,7 @@ def run(model, model_dir, verbose="auto", **options):
         settings = dataclasses.replace(settings, jit_compile=distribute.auto_jit_compile(arch, replicas))
     if settings.steps_per_execution is None:
         settings = dataclasses.replace(settings, steps_per_execution=distribute.auto_steps_per_execution(
-            settings.checkpoint_every, settings.train_steps))  # fmt: skip
+            settings.checkpoint_every, settings.train_steps, replicas))  # fmt: skip
     if hyperparameters.get("dataset_size", None) == 0 and model_class.needs_data:
         hyperparameters["dataset_size"] = _train_size(settings)  # 0 asks for the training split's size
     model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}

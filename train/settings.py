@@ -48,7 +48,8 @@ class TrainSettings(Config):
     )  # fmt: skip
     steps_per_execution: int = setting(
         None, "Training steps per call into TensorFlow (fewer Python round trips; lowered to divide checkpoint_every "
-        "and the steps left). Default: the largest divisor of both up to 10 (distribute.auto_steps_per_execution).",
+        "and the steps left). Default: the largest divisor of both up to 10, 1 with several replicas "
+        "(distribute.auto_steps_per_execution).",
         check=AT_LEAST_ONE,
     )  # fmt: skip
     precision: str = setting(

@@ -1,0 +1,96 @@
+"""zoo.pretrained: the encoders shipped inside the package, found in an editable and a wheel install."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from evaluate import probes
+from evaluate.stage import load_arrays
+from export import encoder
+from tests.test_export import images_batch, tiny_trained_model
+from zoo import pretrained
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_names_path_card_and_load_follow_the_serving_layout(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "_root", lambda: str(tmp_path))
+    model = tiny_trained_model()
+    encoder.export(model, str(tmp_path), "avae_tiny")
+    newest = encoder.export(model, str(tmp_path), "avae_tiny")
+    os.makedirs(tmp_path / "half_written" / "1")  # no saved_model.pb: not an encoder
+    assert pretrained.names() == ["avae_tiny"]
+    assert pretrained.path("avae_tiny") == newest == str(tmp_path / "avae_tiny" / "2")
+    assert pretrained.model_card("avae_tiny")["version"] == 2
+    x = images_batch()
+    np.testing.assert_allclose(pretrained.load("avae_tiny")(x), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no pretrained encoder named 'half_written'; choices: avae_tiny"):
+        pretrained.path("half_written")
+
+
+def test_the_package_directory_is_where_the_wheel_puts_it():
+    assert pretrained._root() == os.path.join(REPO, "zoo", pretrained.PACKAGE_DIRECTORY)
+
+
+@pytest.mark.parametrize("name", pretrained.names())
+def test_shipped_encoder_is_small_served_and_carries_its_worst_case_evaluation(name):
+    path = pretrained.path(name)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    assert size <= 15 * 2**20, f"{name} is {size / 2**20:.1f} MiB"
+    card = pretrained.model_card(name)
+    model_type, dataset, arch = name.split("_", 1)[0], "color_mnist", name.rsplit("_", 1)[1]
+    assert (card["model_type"], card["dataset"], card["architecture"]) == (model_type, dataset, arch)
+    evaluation = card["evaluation"]
+    assert {"pgd", "apgd-ce", "apgd-dlr", "square"} <= set(evaluation["attack_budgets"])
+    # The quoted accuracy is the worst case per example: at most each attack's own.
+    for task, per_epsilon in evaluation["adversarial_accuracy"].items():
+        for epsilon, accuracy in per_epsilon.items():
+            per_attack = evaluation["adversarial_accuracy_per_attack"][task]
+            assert accuracy <= min(by_epsilon[epsilon] for by_epsilon in per_attack.values()) + 1e-9
+    embedding = pretrained.load(name)(np.zeros((2, *card["image_shape"]), np.float32))
+    assert embedding.shape == (2, card["latent_dim"])
+
+
+@pytest.mark.parametrize("name", pretrained.names())
+def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir):
+    """foolbox's L-inf PGD (40 steps) through the SavedModel and a linear digit probe of our own, on 100 unseen
+    digits, lands within 10 points of the card's worst case at each radius (issue 11's audit)."""
+    foolbox = pytest.importorskip("foolbox")
+    card = pretrained.model_card(name)
+    encoder = pretrained.load(name)
+    train_x, train_y = load_arrays("color_mnist", "train", 2000, tfds_dir, False)
+    features = probes.encode_in_batches(lambda x: encoder(x), train_x, 250)
+    w, b = probes.train_linear_probe(features, train_y["digit"], 10, seed=0)
+    logits = probes.probe_logits(lambda x: encoder(x), tf.constant(w), tf.constant(b))
+    x, labels = load_arrays("color_mnist", "test", 100, tfds_dir, False)
+    x, y = tf.constant(x), tf.constant(labels["digit"].astype(np.int64))
+    fmodel = foolbox.TensorFlowModel(logits, bounds=(0.0, 1.0))
+    quoted = card["evaluation"]["adversarial_accuracy"]["digit"]
+    for epsilon in (e for e in quoted if float(e) > 0):
+        _, _, success = foolbox.attacks.LinfPGD()(fmodel, x, y, epsilons=float(epsilon))
+        measured = float(np.mean(~success.numpy()))
+        print(f"{name} eps={epsilon}: card {quoted[epsilon]:.3f}, foolbox LinfPGD {measured:.3f}")
+        assert quoted[epsilon] - 0.1 <= measured <= quoted[epsilon] + 0.1, (epsilon, quoted[epsilon], measured)
+
+
+def test_a_wheel_install_carries_the_shipped_encoders(tmp_path):
+    # Built from a copy: building writes build/ and *.egg-info beside setup.py.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "results"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), source],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("*.whl")
+    files = set(zipfile.ZipFile(wheel).namelist())
+    assert "zoo/pretrained.py" in files and f"zoo/{pretrained.PACKAGE_DIRECTORY}/README.md" in files
+    for name in pretrained.names():
+        version = os.path.relpath(pretrained.path(name), REPO)
+        shipped = {os.path.relpath(os.path.join(d, f), REPO) for d, _, fs in os.walk(pretrained.path(name)) for f in fs}
+        assert shipped and shipped <= files, f"{version}: missing from the wheel: {sorted(shipped - files)}"
