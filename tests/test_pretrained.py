@@ -59,8 +59,8 @@ def test_shipped_encoder_is_small_served_and_carries_its_worst_case_evaluation(n
 
 @pytest.mark.parametrize("name", pretrained.names())
 def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir):
-    """foolbox's L-inf PGD (40 steps) through the SavedModel and a linear digit probe of our own, on 100 unseen
-    digits, lands within 10 points of the card's worst case at each radius (issue 11's audit)."""
+    """foolbox's L-inf PGD (40 steps, 3 random starts) through the SavedModel and a linear digit probe of our own,
+    on 100 unseen digits, lands within 10 points of the card's worst case at each radius (issue 11's audit)."""
     foolbox = pytest.importorskip("foolbox")
     card = pretrained.model_card(name)
     encoder = pretrained.load(name)
@@ -72,9 +72,13 @@ def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir
     x, y = tf.constant(x), tf.constant(labels["digit"].astype(np.int64))
     fmodel = foolbox.TensorFlowModel(logits, bounds=(0.0, 1.0))
     quoted = card["evaluation"]["adversarial_accuracy"]["digit"]
+    tf.random.set_seed(0)  # foolbox's random starts
     for epsilon in (e for e in quoted if float(e) > 0):
-        _, _, success = foolbox.attacks.LinfPGD()(fmodel, x, y, epsilons=float(epsilon))
-        measured = float(np.mean(~success.numpy()))
+        robust = np.ones(len(labels["digit"]), bool)
+        for _ in range(3):  # three random starts, the worst case per example kept, like the card's restarts
+            _, _, success = foolbox.attacks.LinfPGD()(fmodel, x, y, epsilons=float(epsilon))
+            robust &= ~success.numpy()
+        measured = float(np.mean(robust))
         print(f"{name} eps={epsilon}: card {quoted[epsilon]:.3f}, foolbox LinfPGD {measured:.3f}")
         assert quoted[epsilon] - 0.1 <= measured <= quoted[epsilon] + 0.1, (epsilon, quoted[epsilon], measured)
 

@@ -51,7 +51,7 @@ class AugmentedGMMDAE(gmm_dae.GMMDAE):
         )
 
     def regularisers(self, x, z, training):
-        # Clean and adversarial codes from one encoder pass where BatchNorm needs it (BaseDAE.coupled_codes).
+        # Clean and adversarial codes, in one BatchNorm pass or separate ones (`coupled_pass`, BaseDAE.coupled_codes).
         z, (z_adv,) = self.coupled_codes(x, z, [self.adversarial_inputs(x)], training)
         ks, cov, extra = self.paired_regularisers(z, z_adv)
         shift = tf.reduce_mean(tf.norm(z_adv - z, axis=-1))

@@ -36,7 +36,7 @@ class SEAVAE(avae.AVAE):
     def regularizer(self, x, posterior, z, reconstruction, training):
         delusion = self.delusion(reconstruction)  # as in the AVAE
         selected = se.select(self, x, self.config.rho_se)
-        # Data, delusions and selected inputs in one encoder pass where BatchNorm needs it.
+        # Delusions and selected inputs, in one BatchNorm pass with the data or separate ones (`coupled_pass`).
         posterior, (delusion_posterior, adversarial) = self.coupled_posteriors(
             x, posterior, [delusion, selected], training
         )
