@@ -48,7 +48,7 @@ class AVAE(base.BaseVAE):
         return tf.stop_gradient(reconstruction)
 
     def regularizer(self, x, posterior, z, reconstruction, training):
-        delusion = self.delusion(reconstruction)  # decoder(z), as in Algorithm 1
+        delusion = self.delusion(reconstruction)  # x~ from the decoder, as in Algorithm 1 and eq. (10)
         posterior, (delusion_posterior,) = self.coupled_posteriors(x, posterior, [delusion], training)
         coupling, entropy = coupling_and_entropy(posterior, delusion_posterior, self.config.rho)
         return -(coupling + entropy), {"coupling_log_prob": coupling, "delusion_entropy": entropy}
