@@ -74,8 +74,11 @@ class TrainSettings(Config):
     )
 
     def check(self):
-        if self.colour_per_visit and "color" not in data.get_spec(self.dataset).tasks:
-            raise self.error(f"colour_per_visit recolours ColorMNIST digits; dataset {self.dataset!r} has no colour")
+        if self.colour_per_visit:
+            try:
+                data.check_colour_per_visit(self.dataset)
+            except ValueError as refusal:
+                raise self.error(str(refusal)) from None
 
     @property
     def epsilons(self):

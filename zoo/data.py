@@ -165,6 +165,12 @@ DATASETS = {
 }
 
 
+def check_colour_per_visit(name):
+    """Refuses `colour_per_visit` for a dataset without the ColorMNIST colour task."""
+    if "color" not in get_spec(name).tasks:
+        raise ValueError(f"colour_per_visit recolours ColorMNIST digits; dataset {name!r} has no colour")
+
+
 def get_spec(name):
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -193,8 +199,8 @@ def load(
     colours its training digits; otherwise a digit keeps its one colour.
     """
     spec = get_spec(name)
-    if colour_per_visit and "color" not in spec.tasks:
-        raise ValueError(f"colour_per_visit recolours ColorMNIST digits; dataset {name!r} has no colour")
+    if colour_per_visit:
+        check_colour_per_visit(name)
     dataset = spec.load(split, data_dir, download)
     if take is not None:
         dataset = dataset.take(take)
