@@ -41,6 +41,7 @@ import os
 import shutil
 import tempfile
 
+from serving.layout import next_version
 from zoo import console
 
 if __name__ == "__main__":
@@ -281,11 +282,6 @@ def _atomic_write(path, text):
 
 # ----------------------------------------------------------------------------
 # export()
-
-
-def next_version(model_base):
-    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
-    return max(versions, default=0) + 1
 
 
 def export(model, export_base, model_name, version=None, model_dir=None):

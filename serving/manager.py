@@ -41,6 +41,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import batching, errors
+from serving.layout import list_versions
 from serving.errors import ServingError, invalid_argument, not_found
 from serving.tensor_json import NUMPY_DTYPES, dtype_name
 
@@ -78,24 +79,6 @@ def read_model_config_file(path):
         if model.model_platform not in ("", "tensorflow"):
             raise ValueError(f"{path}: model {model.name}: only model_platform 'tensorflow' is supported")
     return config
-
-
-def list_versions(base_path):
-    """{version: path} of the SavedModel version directories under `base_path`."""
-    versions = {}
-    try:
-        entries = os.listdir(base_path)
-    except OSError:
-        return versions
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        path = os.path.join(base_path, entry)
-        if os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(
-            os.path.join(path, "saved_model.pbtxt")
-        ):
-            versions[int(entry)] = path
-    return versions
 
 
 def read_meta_graph(path, tags=(SERVE_TAG,)):

@@ -13,7 +13,8 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 from serving import manager as manager_module
 from serving.errors import ServingError
-from serving.manager import ModelManager, list_versions, read_model_config_file, single_model_config
+from serving.layout import list_versions
+from serving.manager import ModelManager, read_model_config_file, single_model_config
 from serving.rest import RestApi
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE

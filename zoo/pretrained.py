@@ -17,8 +17,9 @@ import importlib.resources
 import json
 import os
 
+from serving.layout import list_versions
+
 PACKAGE_DIRECTORY = "pretrained_encoders"
-_SAVED_MODEL = "saved_model.pb"
 _MODEL_CARD = os.path.join("assets", "model_card.json")
 
 
@@ -28,13 +29,7 @@ def _root():
 
 
 def _versions(name):
-    base = os.path.join(_root(), name)
-    if not os.path.isdir(base):
-        return []
-    return sorted(
-        int(entry) for entry in os.listdir(base)
-        if entry.isdigit() and os.path.isfile(os.path.join(base, entry, _SAVED_MODEL))
-    )  # fmt: skip
+    return sorted(list_versions(os.path.join(_root(), name)))
 
 
 def names():
