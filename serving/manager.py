@@ -41,8 +41,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import batching, errors
-from serving.layout import list_versions
 from serving.errors import ServingError, invalid_argument, not_found
+from serving.layout import list_versions
 from serving.tensor_json import NUMPY_DTYPES, dtype_name
 
 log = logging.getLogger("serving")
