@@ -28,8 +28,10 @@ def _root():
     return str(importlib.resources.files("zoo") / PACKAGE_DIRECTORY)
 
 
-def _versions(name):
-    return sorted(list_versions(os.path.join(_root(), name)))
+def _newest_version(name):
+    """The SavedModel directory of `name`'s newest finished version, or None."""
+    versions = list_versions(os.path.join(_root(), name))
+    return versions[max(versions)] if versions else None
 
 
 def names():
@@ -37,7 +39,7 @@ def names():
     root = _root()
     if not os.path.isdir(root):
         return []
-    return sorted(name for name in os.listdir(root) if _versions(name))
+    return sorted(name for name in os.listdir(root) if _newest_version(name))
 
 
 def path(name):
@@ -45,7 +47,7 @@ def path(name):
     shipped = names()
     if name not in shipped:  # also keeps a name like "../x" inside the package
         raise ValueError(f"no pretrained encoder named {name!r}; choices: {', '.join(shipped) or 'none shipped'}")
-    return os.path.join(_root(), name, str(_versions(name)[-1]))
+    return _newest_version(name)
 
 
 def model_card(name):
