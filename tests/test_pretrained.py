@@ -44,8 +44,8 @@ def test_shipped_encoder_is_small_served_and_carries_its_worst_case_evaluation(n
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
     assert size <= 15 * 2**20, f"{name} is {size / 2**20:.1f} MiB"
     card = pretrained.model_card(name)
-    model_type, dataset, arch = name.split("_", 1)[0], "color_mnist", name.rsplit("_", 1)[1]
-    assert (card["model_type"], card["dataset"], card["architecture"]) == (model_type, dataset, arch)
+    model_type, arch = name.rsplit("_color_mnist_", 1)  # <model>_color_mnist_<arch>; the model may hold "_"
+    assert (card["model_type"], card["dataset"], card["architecture"]) == (model_type, "color_mnist", arch)
     evaluation = card["evaluation"]
     assert {"pgd", "apgd-ce", "apgd-dlr", "square"} <= set(evaluation["attack_budgets"])
     # The quoted accuracy is the worst case per example: at most each attack's own.
@@ -59,8 +59,13 @@ def test_shipped_encoder_is_small_served_and_carries_its_worst_case_evaluation(n
 
 @pytest.mark.parametrize("name", pretrained.names())
 def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir):
-    """foolbox's L-inf PGD (40 steps, 3 random starts) through the SavedModel and a linear digit probe of our own,
-    on 100 unseen digits, lands within 10 points of the card's worst case at each radius (issue 11's audit)."""
+    """Issue 11's audit: foolbox's L-inf PGD (40 steps of 2.5 eps / 40, Madry et al.'s rule, 3 random starts)
+    through the SavedModel and a linear digit probe of our own, on 100 unseen digits.
+
+    At each radius it lands within 10 points of the card's PGD column (the same attack, implemented twice), and the
+    card's worst case is at most 10 points above it: the card never claims more than an independent attack allows.
+    The worst case may sit further below: APGD and Square find what PGD misses (on the SE encoder, trained against
+    PGD, 23 % against foolbox's 35 % at eps 0.1)."""
     foolbox = pytest.importorskip("foolbox")
     card = pretrained.model_card(name)
     encoder = pretrained.load(name)
@@ -71,16 +76,20 @@ def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir
     x, labels = load_arrays("color_mnist", "test", 100, tfds_dir, False)
     x, y = tf.constant(x), tf.constant(labels["digit"].astype(np.int64))
     fmodel = foolbox.TensorFlowModel(logits, bounds=(0.0, 1.0))
-    quoted = card["evaluation"]["adversarial_accuracy"]["digit"]
+    worst_case = card["evaluation"]["adversarial_accuracy"]["digit"]
+    card_pgd = card["evaluation"]["adversarial_accuracy_per_attack"]["digit"]["pgd"]
+    attack = foolbox.attacks.LinfPGD(steps=40, rel_stepsize=2.5 / 40)
     tf.random.set_seed(0)  # foolbox's random starts
-    for epsilon in (e for e in quoted if float(e) > 0):
+    for epsilon in (e for e in worst_case if float(e) > 0):
         robust = np.ones(len(labels["digit"]), bool)
         for _ in range(3):  # three random starts, the worst case per example kept, like the card's restarts
-            _, _, success = foolbox.attacks.LinfPGD()(fmodel, x, y, epsilons=float(epsilon))
+            _, _, success = attack(fmodel, x, y, epsilons=float(epsilon))
             robust &= ~success.numpy()
         measured = float(np.mean(robust))
-        print(f"{name} eps={epsilon}: card {quoted[epsilon]:.3f}, foolbox LinfPGD {measured:.3f}")
-        assert quoted[epsilon] - 0.1 <= measured <= quoted[epsilon] + 0.1, (epsilon, quoted[epsilon], measured)
+        print(f"{name} eps={epsilon}: card worst case {worst_case[epsilon]:.3f}, card PGD {card_pgd[epsilon]:.3f}, "
+              f"foolbox LinfPGD {measured:.3f}")
+        assert abs(card_pgd[epsilon] - measured) <= 0.1, (epsilon, card_pgd[epsilon], measured)
+        assert worst_case[epsilon] <= measured + 0.1, (epsilon, worst_case[epsilon], measured)
 
 
 def test_a_wheel_install_carries_the_shipped_encoders(tmp_path):
