@@ -60,8 +60,7 @@ def test_shipped_encoder_is_small_served_and_carries_its_worst_case_evaluation(n
 @pytest.mark.parametrize("name", pretrained.names())
 def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir):
     """Issue 11's audit: foolbox's L-inf PGD (40 steps of 2.5 eps / 40, the project PGD's step rule, 3 random
-    starts)
-    through the SavedModel and a linear digit probe of our own, on 100 unseen digits.
+    starts) through the SavedModel and a linear digit probe of our own, on 100 unseen digits.
 
     At each radius it lands within 10 points of the card's PGD column (the same attack, implemented twice), and the
     card's worst case is at most 10 points above it: the card never claims more than an independent attack allows.
