@@ -4,14 +4,15 @@
         --data_dir=../shared/tfds --runs_dir=/tmp/robust_zoo/ablations
 
 Each config is one `python -m train.<model>` command (the same dataset, seed, precision and budget for all,
-one change per config: see CONFIGS), run in a subprocess with its output in <runs_dir>/logs/<run>.log, or
-the supervised positive control `adversarial_classifier` (a 4x200 MLP with a linear head, Madry PGD
-adversarial training with `zoo.attacks.pgd`, trained here). After training, every model is measured the
-same way, by the training's own robustness check with more care (`train.robustness_check.quick_robustness`):
-a linear digit probe (`evaluate.probes`, `--scaling`) on the frozen encoder mean (for the classifier: its
-last hidden layer) fitted on the first `--probe_examples` training digits, then its clean accuracy and its
-accuracy under L-inf PGD (`evaluate.worst_case.make_pgd_correct`, `--pgd_steps`, `--restarts`) on the first
-`--num_examples` test digits. The classifier's own head is attacked the same way (`head_accuracy`).
+one change per config: see CONFIGS), run in a subprocess with its output in <runs_dir>/logs/<run>.log, or a
+supervised positive control trained here by Madry PGD adversarial training (`zoo.attacks.pgd`): a linear head
+on the 4x200 MLP (`adversarial_classifier`) or on the conv encoder's mean (`conv_adversarial_classifier`).
+After training, every model is measured the same way, by the training's own robustness check with more care
+(`train.robustness_check.quick_robustness`): a linear digit probe (`evaluate.probes`, `--scaling`) on the frozen
+encoder mean (for a classifier: the features its head reads) fitted on the first `--probe_examples` training
+digits, then its clean accuracy and its accuracy under L-inf PGD (`evaluate.worst_case.make_pgd_correct`,
+`--pgd_steps`, `--restarts`) on the first `--num_examples` test digits (`--attacked_split=train`: on training
+digits instead). A classifier's own head is attacked the same way (`head_accuracy`).
 
 Rows go to <output_dir>/robustness_ablations.json (keyed by run name; a rerun replaces its row, other rows
 stay) and <output_dir>/robustness_ablations.md, each with the commands. Training resumes from its model
@@ -64,13 +65,15 @@ CONFIGS = {
     "conv_avae_colour_per_visit": ("avae", _CONV + ["--colour_per_visit"]),
     "conv_avae_delusion_sample": ("avae", _CONV + ["--delusion=sample"]),
 }
-CLASSIFIER = "adversarial_classifier"
+# The supervised positive controls, name: architecture.
+CLASSIFIERS = {"adversarial_classifier": "mlp", "conv_adversarial_classifier": "conv"}
+CLASSIFIER_LATENT_DIM = 64  # conv: the width of the mean head, as the encoders'
 CLASSIFIER_EPSILON = 0.1  # the training radius, reached after --ramp_steps
 CLASSIFIER_PGD_STEPS = 7  # PGD steps of the training attack
 
 
 def define_flags():
-    flags.DEFINE_list("configs", ["mlp_avae"], f"Configs to run: {', '.join([*CONFIGS, CLASSIFIER])}.")
+    flags.DEFINE_list("configs", ["mlp_avae"], f"Configs to run: {', '.join([*CONFIGS, *CLASSIFIERS])}.")
     flags.DEFINE_integer("train_steps", 20_000, "Training steps of every config (the shared budget).", lower_bound=1)
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist (prepared: no download).")
     flags.DEFINE_string("runs_dir", "/tmp/robust_zoo/ablations", "Model directories go to <runs_dir>/<run name>.")
@@ -78,7 +81,11 @@ def define_flags():
     flags.DEFINE_list("extra_train_flags", [], "Flags added to every training command (e.g. --robustness_every=2000).")
     flags.DEFINE_string("output_dir", "results", f"Where {RESULTS_NAME}.json and .md go (rows are merged).")
     flags.DEFINE_list("epsilons", ["0.02", "0.05", "0.1"], "L-inf radii of the attacks.")
-    flags.DEFINE_integer("num_examples", 500, "Test digits attacked (the first N of the test split).", lower_bound=1)
+    flags.DEFINE_integer("num_examples", 500, "Digits attacked (the first N of the test split).", lower_bound=1)
+    flags.DEFINE_enum(
+        "attacked_split", "test", ["test", "train"], "Digits attacked. train: the --num_examples training digits "
+        "after the probe's, which the encoder was trained on (the robust generalisation gap, next to a test row).",
+    )  # fmt: skip
     flags.DEFINE_integer(
         "probe_examples", 10_000, "Training digits the probe is fitted on (the first N).", lower_bound=1
     )
@@ -103,25 +110,36 @@ def train_args(model, model_flags, model_dir, train_steps, data_dir, seed, extra
 # ---------------------------------------------------------------------------------------------- classifier
 
 
-def build_classifier(image_shape, num_classes=10, hidden=200, depth=4):
-    """The encoder's 4x200 ReLU MLP with a linear head; returns (classifier, last-hidden-layer model)."""
+def build_classifier(image_shape, arch, num_classes=10):
+    """A linear head on the architecture's features; returns (classifier, features model).
+
+    mlp: the encoder's 4x200 ReLU MLP, features its last hidden layer. conv: the conv encoder
+    (`zoo.networks`), features its mean head, the very layer the encoders' probes read.
+    """
     import keras
     from keras import layers
 
+    from zoo import networks
+
     images = keras.Input(image_shape)
-    x = layers.Flatten()(images)
-    for _ in range(depth):
-        x = layers.Dense(hidden, activation="relu")(x)
-    classifier = keras.Model(images, layers.Dense(num_classes)(x), name="classifier")
+    if arch == "mlp":
+        x = layers.Flatten()(images)
+        for _ in range(4):
+            x = layers.Dense(200, activation="relu")(x)
+    else:
+        encoder = networks.build_encoder(arch, image_shape, CLASSIFIER_LATENT_DIM)
+        x = keras.Model(encoder.input, encoder.outputs[0])(images)  # z_mean only: z_log_var is not trained
+    classifier = keras.Model(images, layers.Dense(num_classes, name="head")(x), name="classifier")
     return classifier, keras.Model(images, x, name="features")
 
 
-def classifier_config(train_steps, ramp_steps, learning_rate, seed):
+def classifier_config(name, train_steps, ramp_steps, learning_rate, seed):
     """The classifier's config.json: what was trained (the ModelDir identity keys, and its recipe)."""
     from zoo import data as zoo_data
 
+    arch = CLASSIFIERS[name]
     return {
-        "model": CLASSIFIER, "arch": "mlp", "dataset": DATASET, "latent_dim": 200,
+        "model": name, "arch": arch, "dataset": DATASET, "latent_dim": 200 if arch == "mlp" else CLASSIFIER_LATENT_DIM,
         "image_shape": list(zoo_data.get_spec(DATASET).image_shape), "train_steps": train_steps,
         "epsilon": CLASSIFIER_EPSILON, "ramp_steps": ramp_steps, "pgd_steps": CLASSIFIER_PGD_STEPS,
         "learning_rate": learning_rate, "seed": seed,
@@ -148,7 +166,7 @@ def train_adversarial_classifier(model_dir, data_dir, config, batch_size=64):
     directory.prepare(config)
     seed, ramp_steps, epsilon = config["seed"], config["ramp_steps"], config["epsilon"]
     keras.utils.set_random_seed(seed)
-    classifier, _ = build_classifier(tuple(config["image_shape"]))
+    classifier, _ = build_classifier(tuple(config["image_shape"]), config["arch"])
     optimizer = keras.optimizers.Adam(config["learning_rate"])
     data = zoo_data.load(DATASET, "train", batch_size, data_dir=data_dir, shuffle=True, seed=seed, repeat=True,
                          drop_remainder=True, download=False)  # fmt: skip
@@ -156,7 +174,7 @@ def train_adversarial_classifier(model_dir, data_dir, config, batch_size=64):
     def cross_entropy(x, y):
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=classifier(x, training=True))
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=config["arch"] == "mlp")  # XLA makes the conv step 3-4x slower on CPU
     def step(x, y, radius, attack_seed):
         x_adv = attacks.pgd(lambda inputs: cross_entropy(inputs, y), x, radius, config["pgd_steps"], seed=attack_seed)
         with tf.GradientTape() as tape:
@@ -176,8 +194,8 @@ def train_adversarial_classifier(model_dir, data_dir, config, batch_size=64):
     return classifier
 
 
-def classifier_command(train_steps, ramp_steps, learning_rate):
-    return (f"python -m benchmarks.robustness_ablations --configs={CLASSIFIER} --train_steps={train_steps} "
+def classifier_command(name, train_steps, ramp_steps, learning_rate):
+    return (f"python -m benchmarks.robustness_ablations --configs={name} --train_steps={train_steps} "
             f"(epsilon {CLASSIFIER_EPSILON} ramped over {ramp_steps} steps, PGD-{CLASSIFIER_PGD_STEPS}, "
             f"Adam {learning_rate})")  # fmt: skip
 
@@ -236,28 +254,45 @@ def read_results(json_path):
         return json.load(f)
 
 
+# Where the rows without a `measured_by` came from (the benchmark before its port to `python -m train.<model>`).
+KEPT_ROWS_NOTE = (
+    "Rows marked as kept from an earlier version were measured with the research tree (commit 12f335d plus an "
+    "uncommitted research patch, in the older command-line layout: `zoo/<name>.py`, `train/common.py`, "
+    "`evaluate.probes.robust_accuracy`); their commands below are that tree's. Re-measured with today's program, "
+    "`mlp_vae_10k` gives the same row (500 examples: 71.0 / 13.0 / 0.2 / 0.0 %), and the global-probe rows of "
+    "`mlp_vae_10k` and `mlp_avae_10k` agree within 0.2 points. That research classifier was saved as "
+    "`classifier.keras`, which `--evaluate_only` does not read; re-measured by hand with the same functions it gives "
+    "98.0 / 95.6 / 88.4 / 61.4 % (probe) and the same head numbers."
+)
+
+
 def markdown(rows, command):
     epsilons = sorted({k for row in rows.values() for k in row["accuracy"] if k != "clean"}, key=float)
     lines = [
         "# Robustness ablations (issue 11)",
         "",
-        "Linear digit probe on the frozen encoder mean (classifier: its last hidden layer; `head`: its own "
-        "head), fitted on the first training digits; L-inf PGD on the first test digits of ColorMNIST. "
+        "Linear digit probe on the frozen encoder mean (classifier: the features its head reads; `head`: its own "
+        "head), fitted on the first training digits (as many as the split has, up to `probe digits`); L-inf PGD on "
+        "the first test digits of ColorMNIST (rows marked "
+        "`attacked: training digits`: on the training digits after the probe's, which the encoder was trained on). "
         "Written by `python -m benchmarks.robustness_ablations`; each row's commands are below the table.",
         "",
-        "| run | steps | probe scaling | examples | PGD | clean | " + " | ".join(f"eps {e}" for e in epsilons) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(epsilons),
+        "| run | steps | probe scaling | probe digits | attacked digits | PGD | clean | "
+        + " | ".join(f"eps {e}" for e in epsilons) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(epsilons),
     ]
     for name, row in sorted(rows.items()):
         acc = row["accuracy"]
         cells = [f"{100 * acc[k]:.1f} %" if k in acc else "" for k in ["clean", *epsilons]]
-        lines.append(f"| {name} | {row['steps']} | {row['scaling']} | {row['num_examples']} | "
-                     f"{row['pgd_steps']}x{row['restarts']} | " + " | ".join(cells) + " |")  # fmt: skip
+        lines.append(f"| {name} | {row['steps']} | {row['scaling']} | {row['probe_examples']} | "
+                     f"{row['num_examples']} | {row['pgd_steps']}x{row['restarts']} | " + " | ".join(cells) + " |")  # fmt: skip
     heads = {name: row["head_accuracy"] for name, row in sorted(rows.items()) if "head_accuracy" in row}
     if heads:
-        lines += ["", "The classifier's own head, attacked the same way:", ""]
+        lines += ["", "A classifier's own head, attacked the same way:", ""]
         for name, acc in heads.items():
             lines.append(f"- `{name}`: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in acc.items()))
+    if any(not row.get("measured_by") for row in rows.values()):
+        lines += ["", KEPT_ROWS_NOTE]
     lines += ["", "## Commands", ""]
     for name, row in sorted(rows.items()):
         by = "" if row.get("measured_by") else " (a row kept from an earlier version of this benchmark)"
@@ -287,15 +322,16 @@ def run_config(config, name, model_dir, check_data, epsilons, previous):
 
     start = time.perf_counter()
     head = None
-    if config == CLASSIFIER:
-        command = classifier_command(FLAGS.train_steps, FLAGS.ramp_steps, FLAGS.classifier_learning_rate)
+    if config in CLASSIFIERS:
+        command = classifier_command(config, FLAGS.train_steps, FLAGS.ramp_steps, FLAGS.classifier_learning_rate)
         if FLAGS.evaluate_only:
             classifier = zoo.load(model_dir)  # FileNotFoundError naming the file when it was never trained
             command = previous.get("train_command", command)
         else:
-            recipe = classifier_config(FLAGS.train_steps, FLAGS.ramp_steps, FLAGS.classifier_learning_rate, FLAGS.seed)
+            recipe = classifier_config(config, FLAGS.train_steps, FLAGS.ramp_steps, FLAGS.classifier_learning_rate,
+                                       FLAGS.seed)  # fmt: skip
             classifier = train_adversarial_classifier(model_dir, FLAGS.data_dir, recipe)
-        features = keras.Model(classifier.inputs, classifier.layers[-2].output)
+        features = keras.Model(classifier.inputs, classifier.layers[-1].input)  # what the linear head reads
         encode_mean = lambda x: features(x, training=False)  # noqa: E731
         steps = ModelDir(model_dir).read_config().get("train_steps")
         head = classifier
@@ -318,7 +354,7 @@ def run_config(config, name, model_dir, check_data, epsilons, previous):
     row = {
         "config": config, "model_dir": model_dir, "steps": steps, "accuracy": accuracy, "scaling": FLAGS.scaling,
         "num_examples": FLAGS.num_examples, "probe_examples": FLAGS.probe_examples, "pgd_steps": FLAGS.pgd_steps,
-        "restarts": FLAGS.restarts, "train_command": command,
+        "restarts": FLAGS.restarts, "attacked_split": FLAGS.attacked_split, "train_command": command,
         "measure_command": runs.command_line("benchmarks.robustness_ablations"), "measured_by": MEASURED_BY,
     }  # fmt: skip
     if head is not None:
@@ -330,22 +366,27 @@ def run_config(config, name, model_dir, check_data, epsilons, previous):
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments: {argv[1:]}")
-    unknown = [c for c in FLAGS.configs if c not in CONFIGS and c != CLASSIFIER]
+    unknown = [c for c in FLAGS.configs if c not in CONFIGS and c not in CLASSIFIERS]
     if unknown:
-        sys.exit(f"error: unknown config(s) {unknown}; choose from {', '.join([*CONFIGS, CLASSIFIER])}")
+        sys.exit(f"error: unknown config(s) {unknown}; choose from {', '.join([*CONFIGS, *CLASSIFIERS])}")
     console.quiet_info_logs()
     from train import robustness_check
 
     epsilons = [float(e) for e in FLAGS.epsilons]
-    check_data = robustness_check.load_check_data(
-        DATASET, FLAGS.data_dir, False, probe_examples=FLAGS.probe_examples, test_examples=FLAGS.num_examples
-    )
+    try:
+        check_data = robustness_check.load_check_data(
+            DATASET, FLAGS.data_dir, False, probe_examples=FLAGS.probe_examples, test_examples=FLAGS.num_examples,
+            attacked_split=FLAGS.attacked_split,
+        )  # fmt: skip
+    except ValueError as error:  # too few training digits for the probe and the attacked ones
+        sys.exit(f"error: {error}")
     assert check_data[0] == TASK, check_data[0]
     json_path, _ = results_paths(FLAGS.output_dir)
     command = runs.command_line("benchmarks.robustness_ablations")
     for config in FLAGS.configs:
         name = config + FLAGS.name_suffix
         key = name if FLAGS.scaling == "dimension" else f"{name} ({FLAGS.scaling} probe)"
+        key += " (attacked: training digits)" if FLAGS.attacked_split == "train" else ""
         model_dir = os.path.join(FLAGS.runs_dir, name)
         try:
             row = run_config(config, name, model_dir, check_data, epsilons, read_results(json_path).get(key, {}))

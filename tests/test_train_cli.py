@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -135,3 +136,20 @@ def test_the_robustness_curve_is_the_quick_check_every_n_steps(tmp_path, monkeyp
     assert float(rows[1]["clean"]) == round(again["clean"], 4)
     assert float(rows[1]["pgd_eps_0.1"]) == round(again["pgd"][0.1], 4)
     assert os.listdir(result.model_dir.log_dir)  # and TensorBoard has it
+
+
+def test_the_check_can_attack_trained_digits_the_probe_was_not_fitted_on():
+    from train import robustness_check
+
+    load = robustness_check.load_check_data
+    task, classes, probe_x, probe_y, attacked_x, attacked_y = load("color_mnist_embedded", None, True, 40, 24,
+                                                                   attacked_split="train")  # fmt: skip
+    _, _, first_x, first_y, test_x, _ = load("color_mnist_embedded", None, True, 64, 24)
+    assert (task, classes, probe_x.shape[0], attacked_x.shape[0]) == ("digit", 10, 40, 24)
+    # The 24 training digits that follow the probe's 40, not test digits.
+    np.testing.assert_array_equal(probe_x, first_x[:40])
+    np.testing.assert_array_equal(attacked_x, first_x[40:])
+    np.testing.assert_array_equal(attacked_y, first_y[40:])
+    assert not np.array_equal(attacked_x, test_x)
+    with pytest.raises(ValueError, match="'test' or 'train'"):
+        load("color_mnist_embedded", None, True, 40, 24, attacked_split="validation")

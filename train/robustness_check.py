@@ -23,12 +23,18 @@ TEST_EXAMPLES = 500  # test images it is measured on
 PGD_STEPS = 10
 
 
-def load_check_data(dataset, data_dir, download, probe_examples=PROBE_EXAMPLES, test_examples=TEST_EXAMPLES):
-    """(task, num_classes, train images, train labels, test images, test labels), or None without labels.
+def load_check_data(dataset, data_dir, download, probe_examples=PROBE_EXAMPLES, test_examples=TEST_EXAMPLES,
+                    attacked_split="test"):
+    """(task, num_classes, probe images, probe labels, attacked images, attacked labels), or None without labels.
 
-    The task is the dataset's first (ColorMNIST: digit); the subsets are the first examples of each split,
-    so every check of a run, and of every run, sees the same images.
+    The task is the dataset's first (ColorMNIST: digit); the probe's images are the first training examples
+    and the attacked ones the first test examples, so every check of a run, and of every run, sees the same
+    images. `attacked_split="train"` attacks the `test_examples` training examples that follow the probe's
+    instead: images the encoder was trained on but the probe was not fitted on, which measures the robust
+    generalisation gap (accuracy on trained digits minus accuracy on unseen ones).
     """
+    if attacked_split not in ("test", "train"):
+        raise ValueError(f"attacked_split must be 'test' or 'train', not {attacked_split!r}")
     spec = zoo_data.get_spec(dataset)
     if not spec.tasks:
         return None
@@ -41,7 +47,14 @@ def load_check_data(dataset, data_dir, download, probe_examples=PROBE_EXAMPLES, 
             labels.append(y[task].numpy())
         return np.concatenate(images), np.concatenate(labels).astype(np.int32)
 
-    return (task, classes, *arrays("train", probe_examples), *arrays("test", test_examples))
+    if attacked_split == "test":
+        return (task, classes, *arrays("train", probe_examples), *arrays("test", test_examples))
+    images, labels = arrays("train", probe_examples + test_examples)
+    if len(images) < probe_examples + test_examples:
+        raise ValueError(f"the {dataset} training split has {len(images)} examples, fewer than the "
+                         f"{probe_examples} probe + {test_examples} attacked ones asked for")  # fmt: skip
+    return (task, classes, images[:probe_examples], labels[:probe_examples], images[probe_examples:],
+            labels[probe_examples:])  # fmt: skip
 
 
 def quick_robustness(encode_mean, check_data, epsilons, pgd_steps=PGD_STEPS, seed=0, restarts=1, scaling="dimension"):
