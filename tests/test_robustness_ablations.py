@@ -38,3 +38,15 @@ def test_every_config_parses_as_the_training_command_line_and_validates(config):
     assert (settings.dataset, settings.precision, settings.download, settings.summary) == ("color_mnist", "float32",
                                                                                             False, False)  # fmt: skip
     assert settings.robustness_every == 500 and values["model_dir"].value == "/tmp/run"
+
+
+def test_the_table_shows_the_digits_and_says_where_kept_rows_came_from():
+    row = {"steps": 100, "scaling": "dimension", "probe_examples": 2000, "num_examples": 1000, "pgd_steps": 20,
+           "restarts": 2, "accuracy": {"clean": 0.9, "0.1": 0.5}, "train_command": "t", "measure_command": "m",
+           "measured_by": ablations.MEASURED_BY}  # fmt: skip
+    table = ablations.markdown({"conv_avae (attacked: training digits)": row}, "python -m x")
+    assert "| conv_avae (attacked: training digits) | 100 | dimension | 2000 | 1000 | 20x2 | 90.0 % | 50.0 % |" in table
+    assert ablations.KEPT_ROWS_NOTE not in table and "kept from an earlier version" not in table
+    kept = {k: v for k, v in row.items() if k != "measured_by"}
+    table = ablations.markdown({"old": kept}, "python -m x")
+    assert ablations.KEPT_ROWS_NOTE in table and "`old`: train `t`; measure `m` (a row kept from an earlier" in table
