@@ -81,7 +81,9 @@ def define_flags():
     flags.DEFINE_list("extra_train_flags", [], "Flags added to every training command (e.g. --robustness_every=2000).")
     flags.DEFINE_string("output_dir", "results", f"Where {RESULTS_NAME}.json and .md go (rows are merged).")
     flags.DEFINE_list("epsilons", ["0.02", "0.05", "0.1"], "L-inf radii of the attacks.")
-    flags.DEFINE_integer("num_examples", 500, "Digits attacked (the first N of the test split).", lower_bound=1)
+    flags.DEFINE_integer(
+        "num_examples", 500, "Digits attacked (the first N of the test split; see --attacked_split).", lower_bound=1
+    )
     flags.DEFINE_enum(
         "attacked_split", "test", ["test", "train"], "Digits attacked. train: the --num_examples training digits "
         "after the probe's, which the encoder was trained on (the robust generalisation gap, next to a test row).",
@@ -111,7 +113,7 @@ def train_args(model, model_flags, model_dir, train_steps, data_dir, seed, extra
 
 
 def build_classifier(image_shape, arch, num_classes=10):
-    """A linear head on the architecture's features; returns (classifier, features model).
+    """A linear head (its last layer) on the architecture's features.
 
     mlp: the encoder's 4x200 ReLU MLP, features its last hidden layer. conv: the conv encoder
     (`zoo.networks`), features its mean head, the very layer the encoders' probes read.
@@ -129,8 +131,7 @@ def build_classifier(image_shape, arch, num_classes=10):
     else:
         encoder = networks.build_encoder(arch, image_shape, CLASSIFIER_LATENT_DIM)
         x = keras.Model(encoder.input, encoder.outputs[0])(images)  # z_mean only: z_log_var is not trained
-    classifier = keras.Model(images, layers.Dense(num_classes, name="head")(x), name="classifier")
-    return classifier, keras.Model(images, x, name="features")
+    return keras.Model(images, layers.Dense(num_classes, name="head")(x), name="classifier")
 
 
 def classifier_config(name, train_steps, ramp_steps, learning_rate, seed):
@@ -166,7 +167,7 @@ def train_adversarial_classifier(model_dir, data_dir, config, batch_size=64):
     directory.prepare(config)
     seed, ramp_steps, epsilon = config["seed"], config["ramp_steps"], config["epsilon"]
     keras.utils.set_random_seed(seed)
-    classifier, _ = build_classifier(tuple(config["image_shape"]), config["arch"])
+    classifier = build_classifier(tuple(config["image_shape"]), config["arch"])
     optimizer = keras.optimizers.Adam(config["learning_rate"])
     data = zoo_data.load(DATASET, "train", batch_size, data_dir=data_dir, shuffle=True, seed=seed, repeat=True,
                          drop_remainder=True, download=False)  # fmt: skip
@@ -284,8 +285,8 @@ def markdown(rows, command):
     for name, row in sorted(rows.items()):
         acc = row["accuracy"]
         cells = [f"{100 * acc[k]:.1f} %" if k in acc else "" for k in ["clean", *epsilons]]
-        lines.append(f"| {name} | {row['steps']} | {row['scaling']} | {row['probe_examples']} | "
-                     f"{row['num_examples']} | {row['pgd_steps']}x{row['restarts']} | " + " | ".join(cells) + " |")  # fmt: skip
+        lines.append(f"| {name} | {row['steps']} | {row['scaling']} | {row['probe_examples']} | {row['num_examples']} "
+                     f"| {row['pgd_steps']}x{row['restarts']} | " + " | ".join(cells) + " |")  # fmt: skip
     heads = {name: row["head_accuracy"] for name, row in sorted(rows.items()) if "head_accuracy" in row}
     if heads:
         lines += ["", "A classifier's own head, attacked the same way:", ""]
