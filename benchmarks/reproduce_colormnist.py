@@ -4,12 +4,15 @@
 
 Every model trains through its own entry point (`python -m train.<model>`) with the conv architecture,
 latent 64 and the same steps and batch size, then `python -m evaluate.robustness` evaluates it: digit and
-colour accuracy of linear probes on the frozen encoder mean under L-inf PGD at each radius, test MSE, FID.
+colour accuracy of linear probes on the frozen encoder mean at each radius, the worst case per example over
+the project's PGD and AutoAttack's APGD-CE, targeted APGD-DLR and Square (run as AutoAttack's cascade),
+the median robustness radius, the gradient-masking check, test MSE and FID. `--quick`: the PGD alone.
 The time ratio is the median wall-clock time of a training step (from each run's step timing) relative to
 the VAE's in this run. `--full` uses the paper's budget on the whole dataset (a GPU job).
 
 Writes `colormnist.json`, `colormnist.md` and three PNGs to --output_dir; model directories and the raw
-evaluations go to --work_dir.
+evaluations go to --work_dir. A rerun continues: training resumes from its checkpoints, and an evaluation
+already made of the same weights with the same flags is read back instead of run again.
 """
 
 import json
@@ -19,6 +22,7 @@ import time
 from absl import app, flags
 
 from benchmarks import runs
+from evaluate import report as evaluate_report
 
 FLAGS = flags.FLAGS
 
@@ -33,6 +37,10 @@ def define_flags():
     flags.DEFINE_integer("num_examples", 250, "Test examples attacked per model.")
     flags.DEFINE_integer("pgd_steps", 40, "PGD steps of the evaluation attack.")
     flags.DEFINE_integer("restarts", 2, "PGD restarts of the evaluation attack (the paper: 10).")
+    flags.DEFINE_bool("quick", False, "The project's PGD alone instead of the worst case over the attack ensemble.")
+    flags.DEFINE_integer("radius_examples", 0, "Test examples whose robustness radius is searched, per model of "
+                         "Table 1 (the rho sweep: none); each costs minutes on a CPU, as ART's attacks take one "
+                         "radius per call.")  # fmt: skip
     flags.DEFINE_integer("sweep_examples", 200, "Test examples attacked per model of the rho sweep.")
     flags.DEFINE_list("rhos", ["0.5", "0.8", "0.9", "0.95", "0.975", "0.99"], "AVAE couplings of Figure 5 (left).")
     flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
@@ -78,10 +86,11 @@ def _common_flags(budget):
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
-def _eval_flags(num_examples, budget, stages):
+def _eval_flags(num_examples, budget, stages, radius_examples):
     flags_ = ["--dataset=color_mnist", f"--epsilons={','.join(map(str, EPSILONS))}", f"--pgd_steps={FLAGS.pgd_steps}",
               f"--restarts={budget['restarts']}", f"--num_examples={num_examples}",
-              f"--probe_train_examples={budget['probe']}", f"--stages={stages}", f"--seed={FLAGS.seed}"]  # fmt: skip
+              f"--probe_train_examples={budget['probe']}", f"--stages={stages}", f"--seed={FLAGS.seed}",
+              f"--radius_examples={radius_examples}", "--quick" if FLAGS.quick else "--cascade"]  # fmt: skip
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
@@ -93,24 +102,45 @@ def _paper_cell(values):
     return " / ".join(f"{v:g}" for v in values)
 
 
+def _radius_cell(radius):
+    """Median robustness radius (over the digits correct clean) of the digit and colour probes."""
+    return " / ".join(evaluate_report.format_radius(radius[task]["median_correct"], radius[task]["max_radius"])
+                      for task in ("digit", "color"))  # fmt: skip
+
+
 def _markdown(report):
+    budgets = report["attack_budgets"]
+    how = (f"the worst case per example over {', '.join(budgets)}, run as AutoAttack's cascade (each attack only on "
+           "the examples every earlier one left correct)" if len(budgets) > 1
+           else f"{', '.join(budgets)} alone (`--quick`: a check, not a worst case)")  # fmt: skip
+    searched = all(entry["robustness_radius"] for entry in report["models"].values())
     lines = [
         "# ColorMNIST: downstream adversarial accuracy (AVAE paper, Table 1)",
         "",
-        "Linear probes on the frozen encoder mean, attacked end to end with L-inf PGD; accuracy in % at",
-        "eps 0 / 0.1 / 0.2. *paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full training).",
+        f"Linear probes on the frozen encoder mean, attacked end to end (L-inf, pixels in [0, 1]), {how}; "
+        "accuracy in % at eps 0 / 0.1 / 0.2. *paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full "
+        "training; PGD). *masking*: `evaluate.robustness`' gradient-masking check."
+        + (" *radius*: the median L-inf robustness radius of the digit / colour probe over the test digits correct "
+           "clean (the smallest radius at which the worst case flips the probe; bisection on a fixed random subset)."
+           if searched else ""),
         "",
-        "| model | digit (here) | digit (paper) | colour (here) | colour (paper) | time (here) | time (paper) | MSE | FID |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| model | digit (here) | digit (paper) | colour (here) | colour (paper) | "
+        + ("radius digit / colour | " if searched else "") + "masking | time (here) | time (paper) | MSE | FID |",
+        "|---|---|---|---|---|" + ("---|" if searched else "") + "---|---|---|---|---|",
+    ]  # fmt: skip
     for label, entry in report["models"].items():
         paper = PAPER[label]
         acc = entry["adversarial_accuracy"]
+        radius = f"{_radius_cell(entry['robustness_radius'])} | " if searched else ""
         lines.append(
             f"| {label} | {_cell(acc['digit'])} | {_paper_cell(paper['digit'])} | {_cell(acc['color'])} | "
-            f"{_paper_cell(paper['color'])} | x{entry['time_ratio']:.2f} | x{paper['time']:g} | "
-            f"{entry['mse']:.4f} | {entry['fid']:.2f} |"
+            f"{_paper_cell(paper['color'])} | {radius}{'**flagged**' if entry['gradient_masking']['flagged'] else 'no'}"
+            f" | x{entry['time_ratio']:.2f} | x{paper['time']:g} | {entry['mse']:.4f} | {entry['fid']:.2f} |"
         )
+    for label, entry in report["models"].items():
+        for task, masking in entry["gradient_masking"]["by_task"].items():
+            if masking["flagged"]:
+                lines.append(f"\n{label}, {task}: {'; '.join(masking['reasons'])}.")
     settings = report["settings"]
     lines += [
         "",
@@ -126,10 +156,13 @@ def _markdown(report):
     lines += [
         "",
         f"Budget: {settings['train_steps']} training steps of batch {settings['batch_size']} per model "
-        f"(conv, latent 64, Adam 1e-4, seed {settings['seed']}); PGD-{settings['pgd_steps']} with "
-        f"{settings['restarts']} restarts on {settings['num_examples']} test digits "
-        f"({settings['sweep_examples']} for the rho sweep); probes trained on {settings['probe_train_examples']} "
-        "training digits. Time is the median step time relative to the VAE, measured in this run.",
+        f"(conv, latent 64, Adam 1e-4, seed {settings['seed']}); {settings['num_examples']} test digits attacked "
+        f"({settings['sweep_examples']} for the rho sweep"
+        + (f"; the radius on {settings['radius_examples']}" if settings["radius_examples"] else "")
+        + f"); probes trained on {settings['probe_train_examples']} training digits. Time is the median step time "
+        "relative to the VAE, measured in this run. The attacks:",
+        "",
+        *[evaluate_report.describe_budget(attack, budget).rstrip("\n") for attack, budget in budgets.items()],
         "",
         "Plots: `colormnist_accuracy_vs_epsilon.png` (Figure 5 right), `colormnist_rho_sweep.png` "
         "(Figure 5 left), `colormnist_chains.png` (Figure 1: encode-decode chains, VAE above, AVAE below).",
@@ -191,9 +224,8 @@ def main(argv):
     for label, name, model_flags in MODELS:
         init_from = model_dirs["VAE"] if name == "avae_ss" else None
         model_dirs[label] = runs.train(work, label, name, _common_flags(budget), model_flags, init_from)
-        results[label], eval_dirs[label] = runs.evaluate(
-            work, label, model_dirs[label], _eval_flags(budget["num_examples"], budget, "accuracy,decoder,chains")
-        )
+        eval_flags = _eval_flags(budget["num_examples"], budget, "accuracy,decoder,chains", FLAGS.radius_examples)
+        results[label], eval_dirs[label] = runs.evaluate(work, label, model_dirs[label], eval_flags)
     vae_step = runs.step_seconds(model_dirs["VAE"])
     rho_sweep = {}
     for rho in FLAGS.rhos:
@@ -202,7 +234,7 @@ def main(argv):
             model_dir = model_dirs["AVAE"]
         else:
             model_dir = runs.train(work, label, "avae", _common_flags(budget), {"rho": rho})
-        result, _ = runs.evaluate(work, label, model_dir, _eval_flags(budget["sweep_examples"], budget, "accuracy"))
+        result, _ = runs.evaluate(work, label, model_dir, _eval_flags(budget["sweep_examples"], budget, "accuracy", 0))
         rho_sweep[rho] = result["adversarial_accuracy"]
 
     first = next(iter(results.values()))
@@ -210,6 +242,8 @@ def main(argv):
         "models": {
             label: {
                 "adversarial_accuracy": result["adversarial_accuracy"],
+                "robustness_radius": result["robustness_radius"],
+                "gradient_masking": result["gradient_masking"],
                 "mse": result["mse"]["per_pixel"],
                 "fid": result["fid"],
                 "time_ratio": runs.step_seconds(model_dirs[label]) / vae_step,
@@ -221,11 +255,14 @@ def main(argv):
         "rho_sweep": rho_sweep,
         "paper": PAPER,
         "fid_features": first["fid_features"],
+        "attack_budgets": first["attack_budgets"],
         "settings": {
             **{k: v for k, v in budget.items() if k != "probe"},
             "probe_train_examples": budget["probe"],
             "batch_size": FLAGS.batch_size,
             "pgd_steps": FLAGS.pgd_steps,
+            "quick": FLAGS.quick,
+            "radius_examples": FLAGS.radius_examples,
             "epsilons": list(EPSILONS),
             "arch": "conv",
             "latent_dim": 64,

@@ -6,15 +6,19 @@ through `ModelDir`, the one place that knows the model directory's file names.
 """
 
 import csv
+import hashlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import zipfile
 
 from zoo.model_dir import ModelDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVALUATED = "evaluated.json"  # beside an evaluation's results: the arguments and the weights it was made with
 
 
 def run(args, log_path):
@@ -42,15 +46,45 @@ def train(work_dir, label, name, common_flags, model_flags=None, init_from=None)
 
 
 def evaluate(work_dir, label, model_dir, eval_flags):
-    """Evaluates a model into work_dir/eval/label; returns (the evaluation's results as a dict, output dir)."""
+    """Evaluates a model into work_dir/eval/label; returns (the evaluation's results as a dict, output dir).
+
+    An evaluation already there, made of the same weights with the same arguments, is read back instead of
+    run again, so a rerun of a reproduction continues where the last one stopped.
+    """
     output = os.path.join(work_dir, "eval", label)
-    run(["evaluate.robustness", f"--model_dir={model_dir}", *eval_flags, f"--output_dir={output}"],
-        os.path.join(work_dir, "logs", f"eval_{label}.log"))  # fmt: skip
+    args = ["evaluate.robustness", f"--model_dir={model_dir}", *eval_flags, f"--output_dir={output}"]
+    identity = {"args": args, "model": model_digest(model_dir)}
+    stamp = os.path.join(output, EVALUATED)
     # The evaluation writes its results under the same name as into a model directory.
+    result = ModelDir(output).read_robustness()
+    if result and _read_json(stamp) == identity:
+        print(f"  {label}: evaluated before (same weights, same arguments); read from {output}", flush=True)
+        return result, output
+    run(args, os.path.join(work_dir, "logs", f"eval_{label}.log"))
     result = ModelDir(output).read_robustness()
     if not result:
         sys.exit(f"error: evaluate.robustness wrote no results to {output}; see the log in {work_dir}/logs")
+    with open(stamp, "w") as f:
+        json.dump(identity, f, indent=2)
     return result, output
+
+
+def model_digest(model_dir):
+    """A fingerprint of model.keras's architecture and weights (its save date left out: a resumed run re-saves)."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(ModelDir(model_dir).model_file) as archive:
+        for name in sorted(archive.namelist()):
+            if name != "metadata.json":
+                digest.update(name.encode() + archive.read(name))
+    return digest.hexdigest()[:16]
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def step_seconds(model_dir):

@@ -86,24 +86,32 @@ def accuracy_table(result):
     return "\n".join(lines) + "\n"
 
 
+def is_cascade(result):
+    """Whether the per-attack accuracy is cumulative: the attacks ran as AutoAttack's cascade."""
+    return bool(result.get("settings", {}).get("cascade"))
+
+
 def per_attack_table(result):
-    """Accuracy (%) of each attack alone, and the worst case, one row per task and attack."""
+    """Accuracy (%) of each attack alone (of the cascade so far, `+ attack`), and the worst case, a row each."""
     per_attack = result.get("adversarial_accuracy_per_attack")
     if not per_attack:
         return ""
+    cascade = is_cascade(result)
     epsilons = [e for e in _epsilons(result) if float(e) > 0]
     lines = ["| task | attack | " + " | ".join(f"eps={e}" for e in epsilons) + " |",
              "|---|---|" + "---|" * len(epsilons)]  # fmt: skip
     for task, attacks in per_attack.items():
-        for attack, per_epsilon in attacks.items():
-            lines.append(f"| {task} | {attack} | " + " | ".join(_percent(per_epsilon.get(e)) for e in epsilons) + " |")
+        for i, (attack, per_epsilon) in enumerate(attacks.items()):
+            name = f"+ {attack}" if cascade and i else attack
+            lines.append(f"| {task} | {name} | " + " | ".join(_percent(per_epsilon.get(e)) for e in epsilons) + " |")
         worst = result["adversarial_accuracy"][task]
         lines.append(f"| {task} | **worst case** | " + " | ".join(f"**{_percent(worst.get(e))}**" for e in epsilons)
                      + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def _describe_budget(attack, budget):
+def describe_budget(attack, budget):
+    """One Markdown list item: an attack's implementation and effort, as robustness.json records it."""
     skip = budget.get("skipped_tasks")
     skipped = f"; skipped for {', '.join(f'{t} ({why})' for t, why in skip.items())}" if skip else ""
     if attack == "pgd":
@@ -155,7 +163,7 @@ def _radius_and_masking(result):
             out.append(f"- {task}: {'; '.join(checks)} (tolerance {_percent(masking['tolerance'])}%).{reasons}\n")
     budgets = result.get("attack_budgets")
     if budgets:
-        out.append("\nAttack budgets:\n\n" + "".join(_describe_budget(a, b) for a, b in budgets.items()))
+        out.append("\nAttack budgets:\n\n" + "".join(describe_budget(a, b) for a, b in budgets.items()))
     return "".join(out)
 
 
@@ -191,7 +199,10 @@ def markdown(result):
     out.append(accuracy_table(result))
     table = per_attack_table(result)
     if table:
-        out.append("\nEach attack alone:\n\n" + table)
+        out.append("\nIn AutoAttack's cascade, each attack only on the examples every earlier one left correct (the "
+                   "accuracy after it and every attack above it):\n\n"
+                   if is_cascade(result) else "\nEach attack alone:\n\n")  # fmt: skip
+        out.append(table)
     out.append(_radius_and_masking(result))
     mse = result.get("mse") or {}
     features = result.get("fid_features") or {}

@@ -234,34 +234,41 @@ class AttackSuite:
     def clean_correct(self, x, y):
         return np.argmax(self.logits(x), axis=1) == y
 
-    def correct(self, x, y, epsilon, salt=0, progress=None):
+    @property
+    def cascade_order(self):
+        """The attacks in AutoAttack's cascade order: the gradient attacks, then the gradient-free ones."""
+        gradient = tuple(a for a in self.attacks if a not in GRADIENT_FREE)
+        return gradient + tuple(a for a in self.attacks if a in GRADIENT_FREE)
+
+    def correct(self, x, y, epsilon, salt=0, progress=None, cascade=False):
         """{attack: [n] bool} after each attack at `epsilon` (a number or one radius per example [n]).
 
+        By default every attack runs on every example correct clean: each entry is that attack alone. With
+        `cascade` the attacks run as AutoAttack runs them, in `cascade_order`, each only on the examples every
+        earlier one left correct; each entry then means correct after that attack and every earlier one, and the
+        last is the worst case. The worst case is the same either way (an example one attack broke is broken
+        whatever the others do); the cascade costs far less where the first attacks break most examples.
         `progress(attack, count, total)` is called when an attack starts (count 0) and after every batch. `salt`
         varies the random starts between calls (e.g. one per task and epsilon).
         """
         x, y, epsilon = self._inputs(x, y, epsilon)
         clean = self.clean_correct(x, y)
-        attacked = np.flatnonzero(clean & (epsilon > 0))
+        standing = clean
         out = {}
-        for a, attack in enumerate(self.attacks):
+        for attack in self.cascade_order if cascade else self.attacks:
+            out[attack] = (standing if cascade else clean).copy()
+            attacked = np.flatnonzero(out[attack] & (epsilon > 0))
             if progress is not None:
                 progress(attack, 0, len(attacked))  # the attack starts: its examples/s count from here
-            out[attack] = clean.copy()
-            self._run(a, attack, x, y, epsilon, attacked, out[attack], salt, progress)
+            # The attack's index in `attacks` seeds it, so its random starts do not depend on the order it runs in.
+            self._run(self.attacks.index(attack), attack, x, y, epsilon, attacked, out[attack], salt, progress)
+            if cascade:
+                standing = out[attack]
         return out
 
     def worst_case_correct(self, x, y, epsilon, salt=0):
-        """[n] bool: correct after every attack, as `worst_case(self.correct(...))` gives it, for less.
-
-        The attacks run in turn (AutoAttack's cascade), each only on the examples every earlier one left
-        correct: an example one attack broke is broken in the worst case whatever the others do.
-        """
-        x, y, epsilon = self._inputs(x, y, epsilon)
-        correct = self.clean_correct(x, y)
-        for a, attack in enumerate(self.attacks):
-            self._run(a, attack, x, y, epsilon, np.flatnonzero(correct & (epsilon > 0)), correct, salt)
-        return correct
+        """[n] bool: correct after every attack, run as a cascade (`correct(..., cascade=True)`)."""
+        return worst_case(self.correct(x, y, epsilon, salt, cascade=True))
 
     def _inputs(self, x, y, epsilon):
         x = np.asarray(x, np.float32)
@@ -328,12 +335,19 @@ def worst_case(per_attack):
     return np.logical_and.reduce(list(per_attack.values()))
 
 
-def gradient_free_only(per_attack):
-    """Fraction of examples broken by a gradient-free attack and by none of the gradient attacks (None: not checked)."""
+def gradient_free_only(per_attack, cascade=False):
+    """Fraction of examples broken by a gradient-free attack and by none of the gradient attacks (None: not checked).
+
+    `per_attack` is `AttackSuite.correct`'s result; with `cascade` its entries are cumulative in cascade order
+    (gradient attacks first), so the examples the gradient-free attacks broke are those correct after the last
+    gradient attack and wrong after the last attack.
+    """
     free = [a for a in per_attack if a in GRADIENT_FREE]
     gradient = [a for a in per_attack if a not in GRADIENT_FREE]
     if not free or not gradient:
         return None
+    if cascade:
+        return float(np.mean(per_attack[gradient[-1]] & ~per_attack[free[-1]]))
     broken_free = ~np.logical_and.reduce([per_attack[a] for a in free])
     survived_gradient = np.logical_and.reduce([per_attack[a] for a in gradient])
     return float(np.mean(broken_free & survived_gradient))

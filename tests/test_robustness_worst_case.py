@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from evaluate import stages, worst_case
+from evaluate import report, stages, worst_case
 from evaluate.stage import Common, Context, EvaluationError
 from evaluate.stages.accuracy import Accuracy
 
@@ -55,6 +55,19 @@ def test_worst_case_and_radius_of_a_linear_classifier_match_the_closed_form():
     near = np.abs(radius - epsilon) < 1e-4  # ties at float precision: either answer is right
     np.testing.assert_array_equal(worst_case.worst_case(per_attack)[~near], expected[~near])
     np.testing.assert_array_equal(suite.worst_case_correct(x, y, epsilon)[~near], expected[~near])  # the cascade
+    # The cascade: gradient attacks first, Square last, each attack only on what the ones before it left correct,
+    # so its entries only fall and the last is the worst case.
+    attacked = {}
+    cascade = suite.correct(x, y, epsilon, progress=lambda a, count, total: attacked.setdefault(a, total),
+                            cascade=True)  # fmt: skip
+    assert list(cascade) == ["pgd", "apgd-ce", "apgd-dlr", "square"] == list(suite.cascade_order)
+    np.testing.assert_array_equal(cascade["square"][~near], expected[~near])
+    clean = suite.clean_correct(x, y)
+    for before, after in zip([clean, *cascade.values()], cascade.values()):
+        assert np.all(after <= before)
+    for before, attack in zip([clean, *cascade.values()], cascade):
+        assert attacked[attack] == before.sum(), attack
+    assert attacked["square"] < clean.sum()  # the point of the cascade: Square sees only the survivors
     # Against target class t the optimum is eps sign(w_t - w_y), the direction of the targeted DLR gradient while y
     # is the top class: APGD-DLR over both wrong classes is optimal alone. Cross-entropy mixes the wrong classes'
     # directions, so PGD and APGD-CE may miss examples near the boundary, never break a robust one.
@@ -111,7 +124,8 @@ class _SyntheticContext(Context):
         return self.train
 
 
-def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(tmp_path):
+@pytest.mark.parametrize("cascade", [False, True], ids=["each_attack_alone", "cascade"])
+def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(tmp_path, cascade):
     logits_fn, sample = _rounding_classifier()
     images, labels = sample(32, seed=2)
     train_images, train_labels = sample(600, seed=3)
@@ -122,12 +136,13 @@ def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(
     )  # fmt: skip
     # The stage's default attacks (the reported worst case), small budgets.
     stage = Accuracy(epsilons=(0.0, 0.3), apgd_steps=10, dlr_targets=2, square_queries=200, radius_examples=6,
-                     radius_search_steps=1, probe_epochs=20)  # fmt: skip
+                     radius_search_steps=1, probe_epochs=20, cascade=cascade)  # fmt: skip
     result = stage.run(context)
     accuracy = result["adversarial_accuracy_per_attack"]["class"]
     clean = result["adversarial_accuracy"]["class"]["0"]
     assert clean > 0.9
-    for attack in ("pgd", "apgd-ce", "apgd-dlr"):  # a zero gradient: gradient attacks go nowhere
+    assert list(accuracy) == ["pgd", "apgd-ce", "apgd-dlr", "square"]
+    for attack in ("pgd", "apgd-ce", "apgd-dlr"):  # a zero gradient: gradient attacks go nowhere (alone or in turn)
         assert accuracy[attack]["0.3"] == clean, attack
     assert accuracy["square"]["0.3"] < 0.1
     assert result["adversarial_accuracy"]["class"]["0.3"] == accuracy["square"]["0.3"]  # the headline is Square's
@@ -137,6 +152,9 @@ def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(
     assert result["robustness_radius"]["class"]["accuracy_at_max_radius"] == 0.0  # Square breaks all at 0.5
     assert set(result["attack_budgets"]) == set(worst_case.ATTACKS)
     assert result["attack_budgets"]["square"]["queries"] == 200
+    # The report names cascade rows by what they add: "+ square" is the accuracy after every attack.
+    table = report.per_attack_table({**result, "settings": {"cascade": cascade}})
+    assert ("| class | + square |" in table) == cascade and ("| class | square |" in table) != cascade
 
 
 def test_quick_is_the_project_pgd_alone_and_cannot_see_the_masking(tmp_path):
