@@ -80,10 +80,12 @@ def _common_flags():
 
 
 def _eval_flags():
+    # Epsilon 0 alone: the probes' clean accuracy, no L-inf attack, so no robustness radius either.
     flags_ = ["--dataset=mnist", "--epsilons=0", f"--lambdas={','.join(map(str, LAMBDAS))}",
               f"--pgd_steps={FLAGS.pgd_steps}", f"--restarts={FLAGS.restarts}", f"--num_examples={FLAGS.num_examples}",
               f"--ae_attack_examples={FLAGS.ae_attack_examples}", f"--ae_attack_trials={FLAGS.ae_attack_trials}",
-              "--probe_train_examples=7000", "--stages=accuracy,decoder,ae_attacks", f"--seed={FLAGS.seed}"]  # fmt: skip
+              "--probe_train_examples=7000", "--stages=accuracy,decoder,ae_attacks", f"--seed={FLAGS.seed}",
+              "--radius_examples=0"]  # fmt: skip
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
