@@ -6,13 +6,15 @@ Every model trains through its own entry point (`python -m train.<model>`) with 
 latent 64 and the same steps and batch size, then `python -m evaluate.robustness` evaluates it: digit and
 colour accuracy of linear probes on the frozen encoder mean at each radius, the worst case per example over
 the project's PGD and AutoAttack's APGD-CE, targeted APGD-DLR and Square (run as AutoAttack's cascade),
-the median robustness radius, the gradient-masking check, test MSE and FID. `--quick`: the PGD alone.
+the gradient-masking check, test MSE and FID, and with `--radius_examples` the median robustness radius.
+`--quick`: the PGD alone.
 The time ratio is the median wall-clock time of a training step (from each run's step timing) relative to
 the VAE's in this run. `--full` uses the paper's budget on the whole dataset (a GPU job).
 
 Writes `colormnist.json`, `colormnist.md` and three PNGs to --output_dir; model directories and the raw
 evaluations go to --work_dir. A rerun continues: training resumes from its checkpoints, and an evaluation
-already made of the same weights with the same flags is read back instead of run again.
+already made of the same weights with the same flags is read back instead of run again (delete
+<work_dir>/eval to measure again after changing the evaluation's code).
 """
 
 import json

@@ -49,7 +49,8 @@ def evaluate(work_dir, label, model_dir, eval_flags):
     """Evaluates a model into work_dir/eval/label; returns (the evaluation's results as a dict, output dir).
 
     An evaluation already there, made of the same weights with the same arguments, is read back instead of
-    run again, so a rerun of a reproduction continues where the last one stopped.
+    run again, so a rerun of a reproduction continues where the last one stopped. The evaluation's code is not
+    part of that identity: after changing it, delete work_dir/eval to measure again.
     """
     output = os.path.join(work_dir, "eval", label)
     args = ["evaluate.robustness", f"--model_dir={model_dir}", *eval_flags, f"--output_dir={output}"]
