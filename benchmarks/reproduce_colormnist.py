@@ -112,14 +112,14 @@ def _radius_cell(radius):
 
 def _markdown(report):
     budgets = report["attack_budgets"]
-    how = (f"the worst case per example over {', '.join(budgets)}, run as AutoAttack's cascade (each attack only on "
-           "the examples every earlier one left correct)" if len(budgets) > 1
-           else f"{', '.join(budgets)} alone (`--quick`: a check, not a worst case)")  # fmt: skip
+    settings = report["settings"]
+    cascade = evaluate_report.is_cascade({"settings": settings["evaluation_settings"]})
+    how = evaluate_report.attacks_phrase(budgets, cascade)
     searched = all(entry["robustness_radius"] for entry in report["models"].values())
     lines = [
         "# ColorMNIST: downstream adversarial accuracy (AVAE paper, Table 1)",
         "",
-        f"Linear probes on the frozen encoder mean, attacked end to end (L-inf, pixels in [0, 1]), {how}; "
+        f"Linear probes on the frozen encoder mean, attacked end to end, {how}; "
         "accuracy in % at eps 0 / 0.1 / 0.2. *paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full "
         "training; PGD). *masking*: `evaluate.robustness`' gradient-masking check."
         + (" *radius*: the median L-inf robustness radius of the digit / colour probe over the test digits correct "
@@ -143,7 +143,6 @@ def _markdown(report):
         for task, masking in entry["gradient_masking"]["by_task"].items():
             if masking["flagged"]:
                 lines.append(f"\n{label}, {task}: {'; '.join(masking['reasons'])}.")
-    settings = report["settings"]
     lines += [
         "",
         f"FID features: {runs.describe_fid(report['fid_features'])}.",

@@ -7,7 +7,6 @@ through `ModelDir`, the one place that knows the model directory's file names.
 
 import csv
 import hashlib
-import json
 import os
 import statistics
 import subprocess
@@ -15,7 +14,7 @@ import sys
 import time
 import zipfile
 
-from zoo.model_dir import ModelDir
+from zoo.model_dir import ModelDir, read_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALUATED = "evaluated.json"  # beside an evaluation's results: the arguments and the weights it was made with
@@ -58,15 +57,18 @@ def evaluate(work_dir, label, model_dir, eval_flags):
     stamp = os.path.join(output, EVALUATED)
     # The evaluation writes its results under the same name as into a model directory.
     result = ModelDir(output).read_robustness()
-    if result and _read_json(stamp) == identity:
+    try:
+        reusable = bool(result) and read_json(stamp) == identity
+    except ValueError:  # a stamp cut short: evaluate again
+        reusable = False
+    if reusable:
         print(f"  {label}: evaluated before (same weights, same arguments); read from {output}", flush=True)
         return result, output
     run(args, os.path.join(work_dir, "logs", f"eval_{label}.log"))
     result = ModelDir(output).read_robustness()
     if not result:
         sys.exit(f"error: evaluate.robustness wrote no results to {output}; see the log in {work_dir}/logs")
-    with open(stamp, "w") as f:
-        json.dump(identity, f, indent=2)
+    ModelDir(output).write_json(stamp, identity)
     return result, output
 
 
@@ -78,14 +80,6 @@ def model_digest(model_dir):
             if name != "metadata.json":
                 digest.update(name.encode() + archive.read(name))
     return digest.hexdigest()[:16]
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def step_seconds(model_dir):

@@ -91,6 +91,17 @@ def is_cascade(result):
     return bool(result.get("settings", {}).get("cascade"))
 
 
+def attacks_phrase(budgets, cascade):
+    """How the accuracy was measured, for a sentence: the worst case over the attacks in `budgets`, or one alone."""
+    attacks = ", ".join(budgets)
+    if len(budgets) == 1:
+        return f"{attacks} only (a quick check, not a worst case)"
+    return f"worst case per example over {attacks} (L-inf, pixels in [0, 1])" + (
+        ", run as AutoAttack's cascade (each attack only on the examples every earlier one left correct)"
+        if cascade else ""
+    )  # fmt: skip
+
+
 def per_attack_table(result):
     """Accuracy (%) of each attack alone (of the cascade so far, `+ attack`), and the worst case, a row each."""
     per_attack = result.get("adversarial_accuracy_per_attack")
@@ -189,9 +200,8 @@ def markdown(result):
         out.append(f"Model directory: `{result['model_dir']}`\n")
     budgets = result.get("attack_budgets") or {}
     if budgets:
-        attacks = ", ".join(budgets)
-        how = (f"worst case per example over {attacks} (L-inf, pixels in [0, 1]); the numbers quoted are this "
-               "worst case" if len(budgets) > 1 else f"{attacks} only (a quick check, not a worst case)")  # fmt: skip
+        how = attacks_phrase(budgets, is_cascade(result))
+        how += "; the numbers quoted are this worst case" if len(budgets) > 1 else ""
     else:  # a robustness.json written before the attack ensemble
         how = f"L-inf PGD ({settings.get('pgd_steps')} steps, {settings.get('restarts')} restarts)"
     out.append(f"\n## Downstream adversarial accuracy (%)\n\nLinear probes on f_mu, {how}; "

@@ -60,17 +60,20 @@ def test_the_table_quotes_the_worst_case_its_attacks_radius_and_masking():
         "attack_budgets": budgets,
         "fid_features": {"kind": "inception"},
         "settings": {"train_steps": 800, "batch_size": 64, "seed": 0, "num_examples": 250, "sweep_examples": 200,
-                     "radius_examples": 100, "probe_train_examples": 7000},  # fmt: skip
+                     "radius_examples": 100, "probe_train_examples": 7000,
+                     "evaluation_settings": {"cascade": True}},  # fmt: skip
         "command": "python -m benchmarks.reproduce_colormnist",
     }
     table = reproduce_colormnist._markdown(report)
-    assert "the worst case per example over pgd, square, run as AutoAttack's cascade" in table
+    assert ("attacked end to end, worst case per example over pgd, square (L-inf, pixels in [0, 1]), run as "
+            "AutoAttack's cascade (each attack only on the examples every earlier one left correct);") in table
     assert "| AVAE | 90.0 / 25.0 / 0.0 | 97.3 / 88.1 / 54.8 | 100.0 / 50.0 / 12.5 | 100 / 99.8 / 87.7 | " in table
     assert "| 0.0234 / > 0.5 | **flagged** | x1.50 |" in table
     assert "AVAE, digit: at eps=0.1 the gradient-free attack broke 5.0% of examples." in table
     assert "- `pgd`: zoo.attacks.pgd, 40 steps x 2 restarts" in table and "5000 queries x 1 restarts" in table
     assert "| radius digit / colour |" in table
     unsearched = {"AVAE": {**entry, "robustness_radius": None}}
-    quick = reproduce_colormnist._markdown({**report, "models": unsearched, "attack_budgets": {"pgd": budgets["pgd"]}})
-    assert "pgd alone (`--quick`: a check, not a worst case)" in quick
+    quick = reproduce_colormnist._markdown({**report, "models": unsearched, "attack_budgets": {"pgd": budgets["pgd"]},
+                                           "settings": {**report["settings"], "evaluation_settings": {}}})
+    assert "attacked end to end, pgd only (a quick check, not a worst case);" in quick
     assert "radius" not in quick.split("## AVAE")[0] and "| 100.0 / 50.0 / 12.5 | 100 / 99.8 / 87.7 | **flagged** |" in quick

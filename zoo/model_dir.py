@@ -68,13 +68,13 @@ class ModelDir:
 
     def read_config(self):
         """config.json as a dict; {} when the directory has none."""
-        return _read_json(self.config_file)
+        return read_json(self.config_file)
 
     def read_flags(self):
-        return _read_json(self.flags_file)
+        return read_json(self.flags_file)
 
     def read_robustness(self):
-        return _read_json(self.robustness_file)
+        return read_json(self.robustness_file)
 
     def write_json(self, path, value):
         with open(path, "w") as f:
@@ -119,7 +119,8 @@ class ModelDir:
                 self.write_json(self.flags_file, flags)
 
 
-def _read_json(path):
+def read_json(path):
+    """A JSON file as a dict; {} when there is none."""
     if not os.path.exists(path):
         return {}
     with open(path) as f:
