@@ -57,6 +57,8 @@ CONFIGS = {
     "mlp_avae_rho_0.99": ("avae", _MLP + ["--rho=0.99"]),
     "mlp_avae_noise_variance": ("avae", _MLP + ["--posterior_noise=variance"]),
     "mlp_avae_latent_16": ("avae", _MLP + ["--latent_dim=16"]),
+    "mlp_avae_latent_128": ("avae", _MLP + ["--latent_dim=128"]),
+    "mlp_avae_lr_3e-4": ("avae", _MLP + ["--learning_rate=3e-4"]),
     "mlp_avae_lr_1e-3": ("avae", _MLP + ["--learning_rate=1e-3"]),
     "mlp_se_0.1": ("se", _MLP + ["--se_epsilon=0.1"]),
     "conv_vae": ("vae", _CONV),
