@@ -34,6 +34,29 @@ def test_names_path_card_and_load_follow_the_serving_layout(tmp_path, monkeypatc
         pretrained.path("half_written")
 
 
+def test_load_takes_any_float_images_and_names_what_is_wrong_with_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "_root", lambda: str(tmp_path))
+    model = tiny_trained_model()
+    encoder.export(model, str(tmp_path), "avae_tiny")
+    loaded = pretrained.load("avae_tiny")
+    x = images_batch()
+    height, width, channels = x.shape[1:]
+    # numpy's default float64, and a list, give the float32 embedding (the SavedModel alone refuses them).
+    np.testing.assert_allclose(loaded(x.astype(np.float64)), model(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded(x.tolist()), model(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.reconstruct(x), loaded.signatures["reconstruct"](images=x)["reconstruction"])
+    with pytest.raises(ValueError, match=r"must be floats in \[0, 1\], got uint8 \(divide 8-bit pixels by 255\)"):
+        loaded((x * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="got one image .*: add a batch axis"):
+        loaded(x[0])
+    wrong = np.concatenate([x, x], axis=-1)
+    expected = rf"shape \[N, {height}, {width}, {channels}\], got \[5, {height}, {width}, 2\]"
+    with pytest.raises(ValueError, match=expected):
+        loaded(wrong)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must lie in \[0, 1\]"):
+        loaded(x * 255)
+
+
 def test_the_package_directory_is_where_the_wheel_puts_it():
     assert pretrained._root() == os.path.join(REPO, "zoo", pretrained.PACKAGE_DIRECTORY)
 

@@ -2,7 +2,7 @@
 
     from zoo import pretrained
     encoder = pretrained.load("avae_color_mnist_conv")
-    embedding = encoder(images)  # images float32 [N, 28, 28, 3] in [0, 1] -> posterior mean [N, 64]
+    embedding = encoder(images)  # images: floats [N, 28, 28, 3] in [0, 1] -> posterior means [N, 64]
 
 Each encoder is a SavedModel written by `export.encoder` (its signatures, the TF Hub reusable API and
 `assets/model_card.json`, whose `evaluation` key holds the robustness table it was audited with) under
@@ -57,9 +57,58 @@ def model_card(name):
 
 
 def load(name):
-    """The encoder as a SavedModel object: `__call__(images)` gives the embedding, and `.signatures` the
-    serving signatures (`serving_default`, `encode_image`, `reconstruct`, `decode`)."""
+    """The encoder `name` as an `Encoder`: `encoder(images)` gives the embedding (the posterior mean),
+    `encoder.reconstruct(images)` the decoded embedding, and `encoder.signatures` the serving signatures
+    (`serving_default`, `encode_image`, `reconstruct`, `decode`) of its SavedModel (`encoder.saved_model`)."""
     directory = path(name)  # before TensorFlow loads: an unknown name fails fast
     import tensorflow as tf
 
-    return tf.saved_model.load(directory)
+    return Encoder(tf.saved_model.load(directory))
+
+
+class Encoder:
+    """A shipped encoder's SavedModel, with the images checked before they reach it.
+
+    The SavedModel's functions were traced for float32 [N, H, W, C] alone, and anything else fails inside
+    TensorFlow with "Could not find matching concrete function" (numpy's default float64 most often). Here
+    floating images are cast to float32, and 8-bit pixels, a missing batch axis, a wrong image size or pixels
+    outside [0, 1] each get one sentence saying what is expected.
+    """
+
+    def __init__(self, saved_model):
+        self.saved_model = saved_model
+        spec = saved_model.signatures["serving_default"].structured_input_signature[1]["images"]
+        self.image_shape = tuple(int(d) for d in spec.shape[1:])
+
+    @property
+    def signatures(self):
+        return self.saved_model.signatures
+
+    def __call__(self, images, training=False):
+        return self.saved_model(self.check_images(images), training=training)
+
+    def reconstruct(self, images):
+        return self.saved_model.reconstruct(self.check_images(images))["reconstruction"]
+
+    def check_images(self, images):
+        """`images` as a float32 tensor [N, H, W, C]; a ValueError for a wrong dtype or shape, and TensorFlow's
+        InvalidArgumentError, with the same kind of sentence, for pixels outside [0, 1]."""
+        import tensorflow as tf
+
+        images = tf.convert_to_tensor(images)
+        expected = f"[N, {', '.join(map(str, self.image_shape))}]"
+        if not images.dtype.is_floating:
+            hint = " (divide 8-bit pixels by 255)" if images.dtype == tf.uint8 else ""
+            raise ValueError(f"images must be floats in [0, 1], got {images.dtype.name}{hint}")
+        shape = tuple(images.shape)
+        if shape == self.image_shape:
+            raise ValueError(f"images must be a batch {expected}, got one image {list(shape)}: add a batch axis")
+        if len(shape) != 4 or any(d is not None and d != e for d, e in zip(shape[1:], self.image_shape)):
+            raise ValueError(f"images must have shape {expected}, got {list(shape)}")
+        images = tf.cast(images, tf.float32)
+        # Pixels in [0, 255] given as floats are the usual slip, and they would give an embedding without a word.
+        message = "images must lie in [0, 1] (8-bit pixels: divide by 255)"
+        checks = [tf.debugging.assert_greater_equal(images, 0.0, message=message),
+                  tf.debugging.assert_less_equal(images, 1.0, message=message)]  # fmt: skip
+        with tf.control_dependencies(checks):
+            return tf.identity(images)
