@@ -21,6 +21,7 @@ from serving.layout import list_versions
 
 PACKAGE_DIRECTORY = "pretrained_encoders"
 _MODEL_CARD = os.path.join("assets", "model_card.json")
+_EIGHT_BIT_HINT = "divide 8-bit pixels by 255"  # the usual slip behind a wrong dtype or range
 
 
 def _root():
@@ -98,7 +99,7 @@ class Encoder:
         images = tf.convert_to_tensor(images)
         expected = f"[N, {', '.join(map(str, self.image_shape))}]"
         if not images.dtype.is_floating:
-            hint = " (divide 8-bit pixels by 255)" if images.dtype == tf.uint8 else ""
+            hint = f" ({_EIGHT_BIT_HINT})" if images.dtype == tf.uint8 else ""
             raise ValueError(f"images must be floats in [0, 1], got {images.dtype.name}{hint}")
         shape = tuple(images.shape)
         if shape == self.image_shape:
@@ -107,7 +108,7 @@ class Encoder:
             raise ValueError(f"images must have shape {expected}, got {list(shape)}")
         images = tf.cast(images, tf.float32)
         # Pixels in [0, 255] given as floats are the usual slip, and they would give an embedding without a word.
-        message = "images must lie in [0, 1] (8-bit pixels: divide by 255)"
+        message = f"images must lie in [0, 1] ({_EIGHT_BIT_HINT})"
         checks = [tf.debugging.assert_greater_equal(images, 0.0, message=message),
                   tf.debugging.assert_less_equal(images, 1.0, message=message)]  # fmt: skip
         with tf.control_dependencies(checks):
