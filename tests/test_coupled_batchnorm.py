@@ -1,6 +1,7 @@
 """Couplings of BatchNorm encoders: each batch coupled to the data (delusions, PGD inputs) in its own pass (the
 default, `coupled_pass` separate) or in one pass with the data (joint)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +11,8 @@ from zoo import maths
 
 
 def _model(name, arch, coupled_pass="joint"):
+    # Weights drawn from a fixed seed: otherwise they depend on what the tests before drew.
+    keras.utils.set_random_seed(1)
     return loop.build_model(name, tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, latent_dim=8,
                             seed=1, coupled_pass=coupled_pass)  # fmt: skip
 
@@ -45,7 +48,8 @@ def test_the_coupling_of_a_batch_with_itself_is_its_value_without_batchnorm_effe
 def test_a_shift_of_the_whole_auxiliary_batch_is_not_normalised_away(conv_avae):
     # Encoded as a batch of its own, a uniformly brighter copy of x gets almost x's codes: BatchNorm removes
     # the shift (all but its effect at the zero-padded borders). Encoded together with the data, the shift
-    # shows, and the coupling penalises it. Measured with these weights: 0.60 against 0.23.
+    # shows, and the coupling penalises it. Measured with these weights: 0.75 against 0.16
+    # (0.56-0.83 against 0.11-0.19 for weight seeds 0-7, and the coupling lower for each).
     x = _images()
     shifted = x + 0.15
     own_mean = conv_avae.posterior(x, training=True).mean()
