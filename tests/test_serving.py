@@ -12,6 +12,7 @@ import threading
 import time
 
 import httpx
+import keras
 import numpy as np
 import orjson
 import pytest
@@ -40,6 +41,7 @@ TF_SERVING_FLAGS = ["--rest_api_enable_cors_support", "--grpc_channel_arguments=
 
 def tiny_model(seed):
     registry.import_all_models()
+    keras.utils.set_random_seed(seed)  # its weights: two seeds, two different models to swap between
     model = loop.build_model(
         "avae", tf.distribute.get_strategy(), image_shape=SHAPE, arch="mlp", latent_dim=LATENT, seed=seed
     )
