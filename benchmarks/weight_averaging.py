@@ -3,13 +3,13 @@
     python -m benchmarks.weight_averaging --model_dir=/work/runs/conv_avae_35k_lr3e-4 --steps=5000,7500,10000 \\
         --data_dir=../shared/tfds
 
-Two cheap post-hoc changes that lift robust accuracy in adversarial training: averaging the weights of the
-last checkpoints (Izmailov et al., 2018; Gowal et al., 2020), after which the BatchNorm moving statistics are
-recomputed on training data, and that recomputation alone (with separate coupled passes, the AVAE's delusion
-batches update the moving statistics as well as the data do). For the last checkpoint of `--steps` and for
-the mean of the last two and of all of them, each with recomputed statistics, one row of
-`train.robustness_check.quick_robustness` (the same probe, PGD and digits as the run's `robustness_curve.csv`);
-rows as JSON lines on stdout.
+Two cheap post-hoc changes: averaging the weights of the last checkpoints (stochastic weight averaging,
+Izmailov et al., 2018; weight averaging adds robust accuracy in adversarial training, Gowal et al., 2020),
+after which the BatchNorm moving statistics are recomputed on training data, and that recomputation alone
+(with separate coupled passes the AVAE's delusion batches update the moving statistics as well as the data
+do). For the last checkpoint of `--steps` (as trained and recomputed) and for the mean of the last two and of
+all of them (recomputed), one row of `train.robustness_check.quick_robustness` (the same probe, PGD and digits
+as the run's `robustness_curve.csv`); rows as JSON lines on stdout.
 """
 
 import json

@@ -6,6 +6,7 @@ from keras import layers
 
 from benchmarks import weight_averaging
 from train import loop
+from zoo import data as zoo_data
 from zoo.model_dir import ModelDir
 
 
@@ -31,8 +32,7 @@ def test_recalibration_gives_the_first_batchnorm_the_statistics_of_the_training_
     weight_averaging.recalibrate_batch_norm(model, "color_mnist", tfds_dir, batches=300)
     # What the first BatchNorm normalises: the first convolution's output on training images.
     convolution = model.encoder.layers[model.encoder.layers.index(batch_norm) - 1]
-    images = next(iter(weight_averaging.zoo_data.load("color_mnist", "train", 1000, data_dir=tfds_dir,
-                                                      download=False)))[0]  # fmt: skip
+    images, _ = next(iter(zoo_data.load("color_mnist", "train", 1000, data_dir=tfds_dir, download=False)))
     data_mean = tf.reduce_mean(convolution(images), axis=[0, 1, 2]).numpy()
     stale = 0.99**300  # the weight left on the stale statistics after 300 updates at momentum 0.99
     np.testing.assert_allclose(batch_norm.moving_mean.numpy(), stale * 100.0 + (1 - stale) * data_mean, atol=0.02)
