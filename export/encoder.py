@@ -25,7 +25,8 @@ None; H, W, C and D are the model's image shape and latent dimension):
 
 Images with NaN or infinite values are rejected with INVALID_ARGUMENT (HTTP
 400 from TF Serving and from `serving.server`). `assets/model_card.md` (and
-`model_card.json`) describe the model: type, training settings, dataset and,
+`model_card.json`) describe the model: type, training settings, its training
+stages (through `init_from`, with the steps each ran), dataset and,
 when the model directory holds the evaluation (`robustness.json`), its robustness table.
 
 The module is a thin `tf.Module` in the style of TF Model Garden's
@@ -49,6 +50,7 @@ if __name__ == "__main__":
 
 import tensorflow as tf  # noqa: E402
 
+from zoo import registry  # noqa: E402
 from zoo.model_dir import ModelDir  # noqa: E402
 
 MODEL_CARD = "model_card.md"
@@ -183,10 +185,53 @@ def robustness_table(evaluation):
     return "\n".join(lines)
 
 
+def _stage(model, model_dir):
+    optimizer = getattr(model, "optimizer", None)
+    return {
+        "model_dir": os.path.abspath(model_dir) if model_dir else None,
+        "steps": int(optimizer.iterations.numpy()) if optimizer is not None else None,
+        "learning_rate": ModelDir(model_dir).read_flags().get("learning_rate") if model_dir else None,
+    }
+
+
+def training_stages(model, model_dir):
+    """How the model was trained, oldest stage first: [{"model_dir", "steps", "learning_rate"}].
+
+    A run started from another one's weights (`init_from`) continues its training, so the card counts both.
+    `steps` is each stage's own optimizer count (saved in its model.keras; a flag's train_steps is a target,
+    not what ran), None for a stage whose model directory is gone at export time.
+    """
+    stages = [_stage(model, model_dir)]
+    source = ModelDir(model_dir).read_flags().get("init_from") if model_dir else None
+    while source and os.path.abspath(source) not in {stage["model_dir"] for stage in stages}:
+        directory = ModelDir(source)
+        if not directory.has_model():
+            stages.insert(0, {"model_dir": os.path.abspath(source), "steps": None, "learning_rate": None})
+            break
+        stages.insert(0, _stage(registry.load(source), source))
+        source = directory.read_flags().get("init_from")
+    return stages
+
+
+def _training_lines(stages):
+    known = [stage["steps"] for stage in stages if stage["steps"] is not None]
+    if len(stages) == 1:
+        steps = f"{known[0]:,} steps" if known else "steps not recorded"
+        return [f"- {steps}, learning rate {_cell(stages[0]['learning_rate'])}"]
+    total = f"{sum(known):,} steps in all" if len(known) == len(stages) else "steps not all recorded"
+    lines = [f"- {total}, in {len(stages)} stages, each started from the weights of the one before (`init_from`):"]
+    for number, stage in enumerate(stages, 1):
+        steps = f"{stage['steps']:,} steps" if stage["steps"] is not None else "its directory was gone at export"
+        lines.append(f"  {number}. `{stage['model_dir']}`: {steps}, learning rate {_cell(stage['learning_rate'])}")
+    return lines
+
+
 def model_card(model, model_dir):
     """(markdown, dict) describing the exported model."""
     directory = ModelDir(model_dir)
     config, flags = directory.read_config(), directory.read_flags()
+    stages = training_stages(model, model_dir)
+    steps = [stage["steps"] for stage in stages]
     evaluation = directory.read_robustness() or None
     model_type = model.registry_name
     card = {
@@ -197,6 +242,8 @@ def model_card(model, model_dir):
         "latent_dim": int(model.latent_dim),
         "architecture": model.arch,
         "stddev": "posterior standard deviation (zeros for a deterministic model's point-mass posterior)",
+        "training_stages": stages,
+        "training_steps": None if None in steps else sum(steps),
         "training_flags": flags,
         "model_config": config,
         "evaluation": evaluation,
@@ -222,7 +269,11 @@ def model_card(model, model_dir):
         "- TF Hub: `__call__(images, training=False)` -> embedding; `variables`, `trainable_variables`, "
         "`regularization_losses`",
         "",
-        "## Training flags",
+        "## Training",
+        "",
+        *_training_lines(stages),
+        "",
+        "## Training flags" + (" (the last stage)" if len(stages) > 1 else ""),
         "",
     ]
     if flags:

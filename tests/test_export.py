@@ -57,6 +57,29 @@ def exported(model, tmp_path_factory):
     return str(base), path
 
 
+def test_the_card_counts_the_training_of_the_run_a_model_was_started_from(tmp_path):
+    # A run started from another's weights (init_from) has the optimizer count of its own stage only.
+    source, run = ModelDir(str(tmp_path / "first")), ModelDir(str(tmp_path / "second"))
+    first = tiny_trained_model(steps=5)
+    os.makedirs(source.path)
+    first.save(source.model_file)
+    source.write_json(source.flags_file, {"learning_rate": 1e-4, "init_from": None, "train_steps": 50})
+    os.makedirs(run.path)
+    run.write_json(run.flags_file, {"learning_rate": 3e-4, "init_from": source.path, "train_steps": 3})
+    markdown, card = encoder.model_card(tiny_trained_model(steps=3), run.path)
+    assert card["training_stages"] == [
+        {"model_dir": source.path, "steps": 5, "learning_rate": 1e-4},  # what ran, not the flag's 50
+        {"model_dir": run.path, "steps": 3, "learning_rate": 3e-4},
+    ]
+    assert card["training_steps"] == 8
+    assert "- 8 steps in all, in 2 stages" in markdown and f"1. `{source.path}`: 5 steps" in markdown
+    # The first stage's directory gone: the card says so and gives no total.
+    run.write_json(run.flags_file, {"learning_rate": 3e-4, "init_from": str(tmp_path / "gone")})
+    markdown, card = encoder.model_card(tiny_trained_model(steps=3), run.path)
+    assert card["training_stages"][0] == {"model_dir": str(tmp_path / "gone"), "steps": None, "learning_rate": None}
+    assert card["training_steps"] is None and "its directory was gone at export" in markdown
+
+
 def test_layout_config_files_and_model_card(exported, model):
     base, path = exported
     assert path == os.path.join(base, "avae", "1")
