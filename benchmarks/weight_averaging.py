@@ -41,7 +41,12 @@ def define_flags():
 
 def checkpoint_weights(model, model_dir, step):
     """The model's weights (BatchNorm moving statistics included) in the run's checkpoint at `step`."""
-    tf.train.Checkpoint(model=model).restore(f"{ModelDir(model_dir).checkpoint_dir}/ckpt-{step}").expect_partial()
+    prefix = f"{ModelDir(model_dir).checkpoint_dir}/ckpt-{step}"
+    if not tf.io.gfile.exists(prefix + ".index"):
+        kept = tf.train.get_checkpoint_state(ModelDir(model_dir).checkpoint_dir)
+        steps = [path.rsplit("-", 1)[-1] for path in kept.all_model_checkpoint_paths] if kept else []
+        raise ValueError(f"no checkpoint at step {step} in {model_dir!r}; it keeps: {', '.join(steps) or 'none'}")
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
     return [w.copy() for w in model.get_weights()]
 
 
@@ -58,10 +63,13 @@ def main(argv):
     steps = [int(s) for s in FLAGS.steps]
     if len(steps) < 2:
         raise app.UsageError("--steps: give at least two checkpoint steps")
-    model = zoo.load(FLAGS.model_dir)
+    try:
+        model = zoo.load(FLAGS.model_dir)
+        weights = {step: checkpoint_weights(model, FLAGS.model_dir, step) for step in steps}
+    except (FileNotFoundError, ValueError) as error:
+        raise app.UsageError(str(error)) from None
     dataset = ModelDir(FLAGS.model_dir).read_config()["dataset"]
     check = robustness_check.load_check_data(dataset, FLAGS.data_dir, False)
-    weights = {step: checkpoint_weights(model, FLAGS.model_dir, step) for step in steps}
 
     def row(label, recalibrate):
         if recalibrate:

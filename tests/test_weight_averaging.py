@@ -1,6 +1,7 @@
 """benchmarks.weight_averaging's two operations: a checkpoint's weights, and BatchNorm statistics of clean data."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from keras import layers
 
@@ -23,6 +24,8 @@ def test_checkpoint_weights_are_the_checkpoints_not_the_models(tmp_path):
     restored = weight_averaging.checkpoint_weights(model, str(tmp_path), 5)
     for got, expected in zip(restored, saved):
         np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match=r"no checkpoint at step 6 in .*; it keeps: 5$"):
+        weight_averaging.checkpoint_weights(model, str(tmp_path), 6)
 
 
 def test_recalibration_gives_the_first_batchnorm_the_statistics_of_the_training_images(tfds_dir):
