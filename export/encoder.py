@@ -185,12 +185,12 @@ def robustness_table(evaluation):
     return "\n".join(lines)
 
 
-def _stage(model, model_dir):
+def _stage(model, model_dir, flags):
     optimizer = getattr(model, "optimizer", None)
     return {
         "model_dir": os.path.abspath(model_dir) if model_dir else None,
         "steps": int(optimizer.iterations.numpy()) if optimizer is not None else None,
-        "learning_rate": ModelDir(model_dir).read_flags().get("learning_rate") if model_dir else None,
+        "learning_rate": flags.get("learning_rate"),
     }
 
 
@@ -201,15 +201,17 @@ def training_stages(model, model_dir):
     `steps` is each stage's own optimizer count (saved in its model.keras; a flag's train_steps is a target,
     not what ran), None for a stage whose model directory is gone at export time.
     """
-    stages = [_stage(model, model_dir)]
-    source = ModelDir(model_dir).read_flags().get("init_from") if model_dir else None
+    flags = ModelDir(model_dir).read_flags() if model_dir else {}
+    stages = [_stage(model, model_dir, flags)]
+    source = flags.get("init_from")
     while source and os.path.abspath(source) not in {stage["model_dir"] for stage in stages}:
         directory = ModelDir(source)
         if not directory.has_model():
             stages.insert(0, {"model_dir": os.path.abspath(source), "steps": None, "learning_rate": None})
             break
-        stages.insert(0, _stage(registry.load(source), source))
-        source = directory.read_flags().get("init_from")
+        flags = directory.read_flags()
+        stages.insert(0, _stage(registry.load(source), source, flags))
+        source = flags.get("init_from")
     return stages
 
 
