@@ -86,6 +86,8 @@ def test_the_generic_command_line_gives_one_line_for_bad_input(tmp_path):
         ("vae", {"train_steps": 0}, ValueError, "train_steps must be at least 1, got 0"),
         ("vae", {"rho": 0.5}, ValueError, "unknown setting(s) rho for model 'vae'"),
         ("avae_ss", {}, ValueError, "avae_ss reads no data, it post-trains a trained model: give init_from"),
+        ("vae", {"train_examples": 4501}, ValueError,
+         "train_examples 4501 is more than the 4500 examples of the color_mnist_embedded training split"),
         ("vae", {"dataset": "fashion_mnist", "data_dir": "/nonexistent", "download": False},
          data.DataUnavailableError, "dataset 'fashion_mnist' is not prepared in"),
     ],
@@ -98,6 +100,26 @@ def test_bad_settings_raise_one_clear_error_and_write_nothing(model, options, er
     outside_commands = re.sub(r"`[^`]*`", "", str(raised.value))  # a quoted shell command may have flags
     assert "--" not in outside_commands, "library errors do not name command-line flags"
     assert not ModelDir(model_dir).has_model() and not os.path.exists(ModelDir(model_dir).checkpoint_dir)
+
+
+def test_train_examples_trains_on_the_first_examples_only(tmp_path, monkeypatch):
+    from train import runner
+
+    streams = []
+    load = runner.zoo_data.load
+
+    def recording_load(*args, **kwargs):
+        dataset = load(*args, **kwargs)
+        if kwargs.get("repeat"):
+            streams.append(dataset)
+        return dataset
+
+    monkeypatch.setattr(runner.zoo_data, "load", recording_load)
+    result = train.run("beta_tcvae", str(tmp_path / "tc"), **{**TINY, "train_examples": 100, "dataset_size": 0})
+    assert result.model.config.dataset_size == 100  # the total correlation's estimator counts what is trained on
+    first = {image.tobytes() for x, _ in load("color_mnist_embedded", "train", 100, take=100) for image in x.numpy()}
+    seen = {image.tobytes() for x, _ in streams[0].take(5) for image in x.numpy()}  # 320 draws, 3 epochs of 100
+    assert seen == first
 
 
 def test_flags_come_from_the_config_fields():

@@ -36,12 +36,27 @@ def _split_options(model_class, options):
     return TrainSettings(**settings), hyperparameters
 
 
+def _split_size(settings):
+    """Examples in the training split; 0 where tensorflow-datasets does not know."""
+    return max(int(zoo_data.get_spec(settings.dataset).load("train", settings.data_dir, settings.download).cardinality()), 0)
+
+
 def _train_size(settings):
-    """Examples in the training split, for estimators that need it (beta_tcvae's total correlation)."""
-    size = int(zoo_data.get_spec(settings.dataset).load("train", settings.data_dir, settings.download).cardinality())
+    """Examples trained on (the split's, or `train_examples` of them), for beta_tcvae's total correlation."""
+    if settings.train_examples:
+        return settings.train_examples  # `_check_train_examples` made sure the split has them
+    size = _split_size(settings)
     if size < 1:
         raise ValueError(f"the size of the {settings.dataset} training split is unknown: give dataset_size")
     return size
+
+
+def _check_train_examples(settings):
+    """A data-size ablation asks for no more examples than the split has (it would silently train on fewer)."""
+    size = _split_size(settings)
+    if size and settings.train_examples > size:
+        raise ValueError(f"train_examples {settings.train_examples} is more than the {size} examples of the "
+                         f"{settings.dataset} training split")  # fmt: skip
 
 
 def _init_source(model_name, model_class, settings):
@@ -101,6 +116,8 @@ def run(model, model_dir, verbose="auto", **options):
     if settings.steps_per_execution is None:
         settings = dataclasses.replace(settings, steps_per_execution=distribute.auto_steps_per_execution(
             settings.checkpoint_every, settings.train_steps, replicas))  # fmt: skip
+    if settings.train_examples and model_class.needs_data:
+        _check_train_examples(settings)
     if hyperparameters.get("dataset_size", None) == 0 and model_class.needs_data:
         hyperparameters["dataset_size"] = _train_size(settings)  # 0 asks for the training split's size
     model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}
@@ -127,7 +144,7 @@ def run(model, model_dir, verbose="auto", **options):
         return zoo_data.load(
             settings.dataset, "train", settings.batch_size, data_dir=settings.data_dir, shuffle=True,
             seed=settings.seed + initial_step, repeat=True, drop_remainder=True, download=settings.download,
-            colour_per_visit=settings.colour_per_visit,
+            take=settings.train_examples or None, colour_per_visit=settings.colour_per_visit,
         )  # fmt: skip
 
     validation = None

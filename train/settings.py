@@ -30,6 +30,10 @@ class TrainSettings(Config):
         False, "ColorMNIST: draw a training digit's colour afresh at every visit, as the public AVAE code does (test "
         "colours stay fixed); otherwise each digit keeps one colour, a hash of its pixels.",
     )  # fmt: skip
+    train_examples: int = setting(
+        0, "Train on the first N examples of the training split only (0: all of it), for data-size ablations; "
+        "the robustness check's probe and test images stay the same.", check=NON_NEGATIVE,
+    )  # fmt: skip
     latent_dim: int = setting(64, "Latent dimension.", check=AT_LEAST_ONE)
     batch_size: int = setting(64, "Global batch size (split over replicas).", check=AT_LEAST_ONE)
     learning_rate: float = setting(1e-4, "Adam learning rate.", check=NON_NEGATIVE)
