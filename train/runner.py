@@ -38,7 +38,8 @@ def _split_options(model_class, options):
 
 def _split_size(settings):
     """Examples in the training split; 0 where tensorflow-datasets does not know."""
-    return max(int(zoo_data.get_spec(settings.dataset).load("train", settings.data_dir, settings.download).cardinality()), 0)
+    split = zoo_data.get_spec(settings.dataset).load("train", settings.data_dir, settings.download)
+    return max(int(split.cardinality()), 0)
 
 
 def _train_size(settings):
