@@ -36,28 +36,19 @@ def _split_options(model_class, options):
     return TrainSettings(**settings), hyperparameters
 
 
-def _split_size(settings):
-    """Examples in the training split; 0 where tensorflow-datasets does not know."""
-    split = zoo_data.get_spec(settings.dataset).load("train", settings.data_dir, settings.download)
-    return max(int(split.cardinality()), 0)
-
-
 def _train_size(settings):
-    """Examples trained on (the split's, or `train_examples` of them), for beta_tcvae's total correlation."""
+    """Examples trained on: the training split's, or the first `train_examples` of it, for beta_tcvae's total
+    correlation. Asking for more than the split has is an error (a data-size ablation would silently train on fewer)."""
+    split = zoo_data.get_spec(settings.dataset).load("train", settings.data_dir, settings.download)
+    size = int(split.cardinality())
     if settings.train_examples:
-        return settings.train_examples  # `_check_train_examples` made sure the split has them
-    size = _split_size(settings)
+        if size > 0 and settings.train_examples > size:
+            raise ValueError(f"train_examples {settings.train_examples} is more than the {size} examples of the "
+                             f"{settings.dataset} training split")  # fmt: skip
+        return settings.train_examples
     if size < 1:
         raise ValueError(f"the size of the {settings.dataset} training split is unknown: give dataset_size")
     return size
-
-
-def _check_train_examples(settings):
-    """A data-size ablation asks for no more examples than the split has (it would silently train on fewer)."""
-    size = _split_size(settings)
-    if size and settings.train_examples > size:
-        raise ValueError(f"train_examples {settings.train_examples} is more than the {size} examples of the "
-                         f"{settings.dataset} training split")  # fmt: skip
 
 
 def _init_source(model_name, model_class, settings):
@@ -117,10 +108,11 @@ def run(model, model_dir, verbose="auto", **options):
     if settings.steps_per_execution is None:
         settings = dataclasses.replace(settings, steps_per_execution=distribute.auto_steps_per_execution(
             settings.checkpoint_every, settings.train_steps, replicas))  # fmt: skip
-    if settings.train_examples and model_class.needs_data:
-        _check_train_examples(settings)
-    if hyperparameters.get("dataset_size", None) == 0 and model_class.needs_data:
-        hyperparameters["dataset_size"] = _train_size(settings)  # 0 asks for the training split's size
+    size_asked = hyperparameters.get("dataset_size", None) == 0  # 0 asks for the size trained on
+    if model_class.needs_data and (settings.train_examples or size_asked):
+        train_size = _train_size(settings)  # also refuses more train_examples than the split has
+        if size_asked:
+            hyperparameters["dataset_size"] = train_size
     model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}
     # The model checks its hyper-parameters before anything is written to model_dir.
     keras_model = loop.build_model(
