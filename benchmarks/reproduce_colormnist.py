@@ -2,21 +2,26 @@
 
     python -m benchmarks.reproduce_colormnist --data_dir=../shared/tfds --output_dir=results
 
-Every model trains through its own entry point (`python -m train.<model>`) with the conv architecture,
-latent 64 and the same steps and batch size, then `python -m evaluate.robustness` evaluates it: digit and
-colour accuracy of linear probes on the frozen encoder mean at each radius, the worst case per example over
-the project's PGD and AutoAttack's APGD-CE, targeted APGD-DLR and Square (run as AutoAttack's cascade),
-the gradient-masking check, test MSE and FID, and with `--radius_examples` the median robustness radius.
-`--quick`: the PGD alone.
+Every model trains through its own entry point (`python -m train.<model>`) with the same architecture, latent
+64, steps, batch size and learning rate, logging training's robustness check as it goes, then
+`python -m evaluate.robustness` evaluates it: digit and colour accuracy of linear probes on the frozen encoder
+mean at each radius, the worst case per example over the project's PGD and AutoAttack's APGD-CE, targeted
+APGD-DLR and Square (run as AutoAttack's cascade), the gradient-masking check, test MSE and FID, and with
+`--radius_examples` the median robustness radius. `--quick`: the PGD alone.
 The time ratio is the median wall-clock time of a training step (from each run's step timing) relative to
-the VAE's in this run. `--full` uses the paper's budget on the whole dataset (a GPU job).
+the VAE's in this run. `--arch=mlp` is Figure 5's top row at the paper's 102,000 steps; `--full` uses the
+paper's conv budget on the whole dataset (a GPU job). The settings are those the project's ablations found
+(results/avae_plateau.md, results/mlp_learning_rate.md, results/delusion.md); the markdown names the paper's
+beside them.
 
-Writes `colormnist.json`, `colormnist.md` and three PNGs to --output_dir; model directories and the raw
-evaluations go to --work_dir. A rerun continues: training resumes from its checkpoints, and an evaluation
-already made of the same weights with the same flags is read back instead of run again (delete
-<work_dir>/eval to measure again after changing the evaluation's code).
+Writes `colormnist.json`, `colormnist.md` and four PNGs to --output_dir (`colormnist_mlp*` for the MLP);
+model directories and the raw evaluations go to --work_dir/<arch>. Up to `--parallel` trainings and evaluations
+run side by side as separate processes. A rerun continues: training resumes from its checkpoints (so the budget
+can grow across sessions), and an evaluation already made of the same weights with the same flags is read back
+instead of run again (delete <work_dir>/<arch>/eval to measure again after changing the evaluation's code).
 """
 
+import functools
 import json
 import os
 import time
@@ -25,6 +30,8 @@ from absl import app, flags
 
 from benchmarks import runs
 from evaluate import report as evaluate_report
+from train import robustness_check
+from zoo.model_dir import ModelDir
 
 FLAGS = flags.FLAGS
 
@@ -33,9 +40,22 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
     flags.DEFINE_string("output_dir", "results", "Where colormnist.{json,md} and the plots go.")
     flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_colormnist", "Model directories and raw evaluations.")
+    flags.DEFINE_enum("arch", "conv", list(TRAIN_STEPS), "Encoder and decoder of every model: Table 1 and Figure 5's "
+                      "bottom row (conv) or Figure 5's top row (mlp).")  # fmt: skip
     flags.DEFINE_bool("full", False, "The paper's budget on the whole dataset (a GPU machine): overrides the sizes below.")
-    flags.DEFINE_integer("train_steps", 800, "Training steps of every model (AVAE-SS: post-training steps).")
+    flags.DEFINE_integer("train_steps", None, "Training steps of every model (AVAE-SS: post-training steps). Default: "
+                         + ", ".join(f"{steps:,} ({arch})" for arch, steps in TRAIN_STEPS.items()) + ".",
+                         lower_bound=1)  # fmt: skip
     flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
+    flags.DEFINE_float("learning_rate", LEARNING_RATE, "Adam learning rate of every model (the paper: 1e-4).",
+                       lower_bound=0)  # fmt: skip
+    flags.DEFINE_integer("robustness_every", None, "Steps between training's robustness checks of Table 1's models "
+                         "(the accuracy-vs-step plot; 0: none). Default: an eighth of the training steps.",
+                         lower_bound=0)  # fmt: skip
+    flags.DEFINE_integer("parallel", 1, "Trainings and evaluations run side by side, each a process with its share of "
+                         "the cores. On the 2-core machine two conv trainings side by side take longer than one after "
+                         "the other (results/parallel_jobs.md), hence 1; more cores than one training uses may gain.",
+                         lower_bound=1)  # fmt: skip
     flags.DEFINE_integer("num_examples", 250, "Test examples attacked per model.")
     flags.DEFINE_integer("pgd_steps", 40, "PGD steps of the evaluation attack.")
     flags.DEFINE_integer("restarts", 2, "PGD restarts of the evaluation attack (the paper: 10).")
@@ -49,6 +69,14 @@ def define_flags():
 
 
 EPSILONS = (0.0, 0.1, 0.2)
+CURVE_EPSILONS = (0.05, 0.1)  # training's check: Figure 5 (middle) is at 0.1; 0.05 shows short runs' progress
+# Per arch: the steps that fit one session of the 2-core machine with the whole table and the rho sweep (conv),
+# and the public reference's 102,000 (mlp).
+TRAIN_STEPS = {"conv": 800, "mlp": 102_000}
+LEARNING_RATE = 3e-4  # the ablations' choice on both archs: avae_plateau.md sections 8 and 10, mlp_learning_rate.md
+# The paper's settings that differ from or are not in the table's run (appendix F, the public reference).
+PAPER_SETTINGS = ("Adam 1e-4, 100,000 steps (the MLP: 102,000) on 60,000 training digits, probes on the whole "
+                  "training set, PGD-40 with 10 restarts on 10,000 test digits")  # fmt: skip
 # (label, registry name, model flags); AVAE-SS post-trains the VAE. Paper: rho 0.975, rho_SE 0.95, PGD-5.
 MODELS = (
     ("VAE", "vae", {}),
@@ -71,20 +99,30 @@ PAPER = {
 
 def _budget():
     if FLAGS.full:  # the paper: whole dataset, PGD-40 with 10 restarts (appendix F)
-        return dict(train_steps=100_000, num_examples=10_000, restarts=10, sweep_examples=10_000, probe=60_000)
-    return dict(
-        train_steps=FLAGS.train_steps,
-        num_examples=FLAGS.num_examples,
-        restarts=FLAGS.restarts,
-        sweep_examples=FLAGS.sweep_examples,
-        probe=7_000,  # every training digit of ../shared/tfds
-    )
+        steps = 100_000 if FLAGS.arch == "conv" else TRAIN_STEPS["mlp"]
+        budget = dict(train_steps=steps, num_examples=10_000, restarts=10, sweep_examples=10_000, probe=60_000)
+    else:
+        budget = dict(
+            train_steps=FLAGS.train_steps or TRAIN_STEPS[FLAGS.arch],
+            num_examples=FLAGS.num_examples,
+            restarts=FLAGS.restarts,
+            sweep_examples=FLAGS.sweep_examples,
+            probe=7_000,  # every training digit of ../shared/tfds
+        )
+    every = FLAGS.robustness_every
+    return {**budget, "robustness_every": budget["train_steps"] // 8 if every is None else every}
 
 
-def _common_flags(budget):
-    flags_ = ["--dataset=color_mnist", "--arch=conv", "--latent_dim=64", f"--batch_size={FLAGS.batch_size}",
-              f"--train_steps={budget['train_steps']}", f"--checkpoint_every={min(500, budget['train_steps'])}",
-              "--eval_examples=0", f"--seed={FLAGS.seed}"]  # fmt: skip
+def _common_flags(budget, curve=False):
+    """Training flags shared by every model; `curve`: with training's robustness check (Table 1's models)."""
+    steps = budget["train_steps"]
+    flags_ = ["--dataset=color_mnist", f"--arch={FLAGS.arch}", "--latent_dim=64", f"--batch_size={FLAGS.batch_size}",
+              f"--learning_rate={FLAGS.learning_rate:g}", f"--train_steps={steps}",
+              f"--checkpoint_every={min(steps, max(500, steps // 20))}", "--eval_examples=0",
+              f"--seed={FLAGS.seed}"]  # fmt: skip
+    if curve and budget["robustness_every"]:
+        flags_ += [f"--robustness_every={budget['robustness_every']}",
+                   f"--robustness_epsilons={','.join(map(str, CURVE_EPSILONS))}"]  # fmt: skip
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
@@ -94,6 +132,19 @@ def _eval_flags(num_examples, budget, stages, radius_examples):
               f"--probe_train_examples={budget['probe']}", f"--stages={stages}", f"--seed={FLAGS.seed}",
               f"--radius_examples={radius_examples}", "--quick" if FLAGS.quick else "--cascade"]  # fmt: skip
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
+
+
+def _name(arch=None):
+    """The results' file stem: Table 1 (conv) is colormnist, Figure 5's top row colormnist_mlp."""
+    arch = arch or FLAGS.arch
+    return "colormnist" if arch == "conv" else f"colormnist_{arch}"
+
+
+def _training_curve(model_dir):
+    """Training's robustness check of the digit probe by step, radii as the tables write them."""
+    curve = robustness_check.read_curve(ModelDir(model_dir).robustness_curve_file)
+    return {str(step): {(f"{key:g}" if isinstance(key, float) else key): value for key, value in row.items()}
+            for step, row in curve.items()}  # fmt: skip
 
 
 def _cell(accuracies):
@@ -113,15 +164,20 @@ def _radius_cell(radius):
 def _markdown(report):
     budgets = report["attack_budgets"]
     settings = report["settings"]
+    arch = settings.get("arch", "conv")
     cascade = evaluate_report.is_cascade({"settings": settings["evaluation_settings"]})
     how = evaluate_report.attacks_phrase(budgets, cascade)
     searched = all(entry["robustness_radius"] for entry in report["models"].values())
+    paper_table = report.get("paper")
     lines = [
-        "# ColorMNIST: downstream adversarial accuracy (AVAE paper, Table 1)",
+        "# ColorMNIST: downstream adversarial accuracy (AVAE paper, "
+        + ("Table 1)" if arch == "conv" else f"Figure 5, top row: the {arch} architecture)"),
         "",
         f"Linear probes on the frozen encoder mean, attacked end to end, {how}; "
-        "accuracy in % at eps 0 / 0.1 / 0.2. *paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full "
-        "training; PGD). *masking*: `evaluate.robustness`' gradient-masking check."
+        "accuracy in % at eps 0 / 0.1 / 0.2. "
+        + ("*paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full training; PGD). " if paper_table else
+           "The paper reports the MLP in plots only (Figure 5, top row), so the *paper* columns are empty. ")
+        + "*masking*: `evaluate.robustness`' gradient-masking check."
         + (" *radius*: the median L-inf robustness radius of the digit / colour probe over the test digits correct "
            "clean (the smallest radius at which the worst case flips the probe; bisection on a fixed random subset)."
            if searched else ""),
@@ -131,13 +187,16 @@ def _markdown(report):
         "|---|---|---|---|---|" + ("---|" if searched else "") + "---|---|---|---|---|",
     ]  # fmt: skip
     for label, entry in report["models"].items():
-        paper = PAPER[label]
+        paper = (paper_table or {}).get(label)
+        paper_digit, paper_color, paper_time = (
+            (_paper_cell(paper["digit"]), _paper_cell(paper["color"]), f"x{paper['time']:g}") if paper else ("", "", "")
+        )
         acc = entry["adversarial_accuracy"]
         radius = f"{_radius_cell(entry['robustness_radius'])} | " if searched else ""
         lines.append(
-            f"| {label} | {_cell(acc['digit'])} | {_paper_cell(paper['digit'])} | {_cell(acc['color'])} | "
-            f"{_paper_cell(paper['color'])} | {radius}{'**flagged**' if entry['gradient_masking']['flagged'] else 'no'}"
-            f" | x{entry['time_ratio']:.2f} | x{paper['time']:g} | {entry['mse']:.4f} | {entry['fid']:.2f} |"
+            f"| {label} | {_cell(acc['digit'])} | {paper_digit} | {_cell(acc['color'])} | "
+            f"{paper_color} | {radius}{'**flagged**' if entry['gradient_masking']['flagged'] else 'no'}"
+            f" | x{entry['time_ratio']:.2f} | {paper_time} | {entry['mse']:.4f} | {entry['fid']:.2f} |"
         )
     for label, entry in report["models"].items():
         for task, masking in entry["gradient_masking"]["by_task"].items():
@@ -154,23 +213,64 @@ def _markdown(report):
     ]
     for rho, acc in report["rho_sweep"].items():
         lines.append(f"| {rho} | {_cell(acc['digit'])} | {_cell(acc['color'])} |")
+    lines += _curve_lines(report)
     lines += [
         "",
-        f"Budget: {settings['train_steps']} training steps of batch {settings['batch_size']} per model "
-        f"(conv, latent 64, Adam 1e-4, seed {settings['seed']}); {settings['num_examples']} test digits attacked "
-        f"({settings['sweep_examples']} for the rho sweep"
+        f"Budget: {settings['train_steps']:,} training steps of batch {settings['batch_size']} per model "
+        f"({arch}, latent 64, Adam {settings.get('learning_rate', 1e-4):g}, seed {settings['seed']}); "
+        f"{settings['num_examples']} test digits attacked ({settings['sweep_examples']} for the rho sweep"
         + (f"; the radius on {settings['radius_examples']}" if settings["radius_examples"] else "")
-        + f"); probes trained on {settings['probe_train_examples']} training digits. Time is the median step time "
-        "relative to the VAE, measured in this run. The attacks:",
+        + f"); probes trained on {settings['probe_train_examples']} training digits"
+        + (f"; {settings['parallel']} jobs side by side, {settings['wall_clock_seconds'] / 60:.0f} minutes in all"
+           if "parallel" in settings else "")
+        + f". The paper: {report.get('paper_settings', PAPER_SETTINGS)}. Time is the median step time relative to "
+        "the VAE, measured in this run" + (" (beside other jobs: a rough ratio; `benchmarks.train_speed` times steps "
+                                           "alone)" if settings.get("parallel", 1) > 1 else "")
+        + ". The attacks:",
         "",
         *[evaluate_report.describe_budget(attack, budget).rstrip("\n") for attack, budget in budgets.items()],
         "",
-        "Plots: `colormnist_accuracy_vs_epsilon.png` (Figure 5 right), `colormnist_rho_sweep.png` "
-        "(Figure 5 left), `colormnist_chains.png` (Figure 1: encode-decode chains, VAE above, AVAE below).",
+        f"Plots: `{_name(arch)}_accuracy_vs_epsilon.png` (Figure 5 right), `{_name(arch)}_rho_sweep.png` (Figure 5 "
+        f"left), " + (f"`{_name(arch)}_accuracy_vs_step.png` (Figure 5 middle), " if _has_curves(report) else "")
+        + f"`{_name(arch)}_chains.png` (Figure 1: encode-decode chains, VAE above, AVAE below).",
         "",
         *runs.produced_by(report["command"]),
-    ]
+    ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _has_curves(report):
+    return all(entry.get("training_curve") for entry in report["models"].values())
+
+
+def _curve_lines(report):
+    """Figure 5's middle column as a table: training's own robustness check of every model, by step."""
+    if not _has_curves(report):
+        return []
+    curves = {label: entry["training_curve"] for label, entry in report["models"].items()}
+    radii = report["settings"]["curve_epsilons"]
+    steps = sorted({int(step) for curve in curves.values() for step in curve})
+    lines = [
+        "",
+        "## Accuracy during training (Figure 5, middle)",
+        "",
+        f"Training's own check (`--robustness_every`): a linear digit probe fitted on the first "
+        f"{robustness_check.PROBE_EXAMPLES:,} training digits, clean and L-inf PGD-{robustness_check.PGD_STEPS} "
+        f"accuracy on the first {robustness_check.TEST_EXAMPLES} test digits (one start: a weak attack, an upper "
+        "bound, like for like across models and steps). Cells: clean / " + " / ".join(f"eps {e:g}" for e in radii)
+        + " in %. AVAE-SS's steps are post-training steps of the VAE.",
+        "",
+        "| step | " + " | ".join(curves) + " |",
+        "|---|" + "---|" * len(curves),
+    ]  # fmt: skip
+    for step in steps:
+        cells = []
+        for curve in curves.values():
+            row = curve.get(str(step))
+            cells.append(" / ".join(f"{100 * row[key]:.1f}" for key in ("clean", *(f"{e:g}" for e in radii)))
+                         if row else "")  # fmt: skip
+        lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(report, chain_pngs):
@@ -179,7 +279,7 @@ def _plot(report, chain_pngs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = FLAGS.output_dir
+    stem = os.path.join(FLAGS.output_dir, _name())
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for task, ax in zip(("digit", "color"), axes):
         for label, entry in report["models"].items():
@@ -189,7 +289,7 @@ def _plot(report, chain_pngs):
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "colormnist_accuracy_vs_epsilon.png"), dpi=120)
+    fig.savefig(f"{stem}_accuracy_vs_epsilon.png", dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -202,8 +302,24 @@ def _plot(report, chain_pngs):
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "colormnist_rho_sweep.png"), dpi=120)
+    fig.savefig(f"{stem}_rho_sweep.png", dpi=120)
     plt.close(fig)
+
+    if _has_curves(report):  # Figure 5, middle: robust accuracy of the digit probe as training goes
+        radii = report["settings"]["curve_epsilons"]
+        fig, axes = plt.subplots(1, len(radii), figsize=(5 * len(radii), 4), squeeze=False)
+        for eps, ax in zip(radii, axes[0]):
+            for label, entry in report["models"].items():
+                curve = entry["training_curve"]
+                ax.plot([int(step) for step in curve], [100 * row[f"{eps:g}"] for row in curve.values()], marker="o",
+                        label=label)  # fmt: skip
+            ax.set(title=f"digit task, eps={eps:g} (training's PGD-{robustness_check.PGD_STEPS} check)",
+                   xlabel="training step", ylabel="adversarial accuracy (%)", ylim=(0, 101))  # fmt: skip
+            ax.grid(alpha=0.3)
+        axes[0][0].legend()
+        fig.tight_layout()
+        fig.savefig(f"{stem}_accuracy_vs_step.png", dpi=120)
+        plt.close(fig)
 
     fig, axes = plt.subplots(len(chain_pngs), 1, figsize=(10, 4 * len(chain_pngs)))
     for ax, (label, png) in zip(axes, chain_pngs.items()):
@@ -211,8 +327,44 @@ def _plot(report, chain_pngs):
         ax.set_title(f"{label}: encode-decode chain (each row: a test digit, then decoder(encoder(.)) iterated)")
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "colormnist_chains.png"), dpi=120)
+    fig.savefig(f"{stem}_chains.png", dpi=120)
     plt.close(fig)
+
+
+def _threads():
+    """TensorFlow threads of each process: the cores shared among the processes run side by side."""
+    return max(1, (os.cpu_count() or 1) // FLAGS.parallel) if FLAGS.parallel > 1 else None
+
+
+def _jobs(budget, work):
+    """Every training and evaluation as (key, function, keys of the jobs it waits for), in order of preference."""
+    threads, jobs = _threads(), []
+
+    def train(label, name, model_flags, init_from=None, curve=False):
+        """Trains `label`; init_from: the label of the model it starts from."""
+        start = runs.model_dir_of(work, init_from) if init_from else None
+        train_flags = _common_flags(budget, curve)
+        run = functools.partial(runs.train, work, label, name, train_flags, model_flags, start, threads)
+        jobs.append((f"train {label}", run, [f"train {init_from}"] if init_from else []))
+
+    def evaluate(key, label, model_label, num_examples, stages, radius_examples):
+        """Evaluates the model trained as `model_label` into eval/`label`."""
+        eval_flags = _eval_flags(num_examples, budget, stages, radius_examples)
+        run = functools.partial(runs.evaluate, work, label, runs.model_dir_of(work, model_label), eval_flags, threads)
+        jobs.append((key, run, [f"train {model_label}"]))
+
+    for label, name, model_flags in MODELS:
+        train(label, name, model_flags, init_from="VAE" if name == "avae_ss" else None, curve=True)
+        stages = "accuracy,decoder,chains"
+        evaluate(f"eval {label}", label, label, budget["num_examples"], stages, FLAGS.radius_examples)
+    table_rho = dict(MODELS[3][2])["rho"]
+    for rho in FLAGS.rhos:  # Table 1's AVAE is the sweep's model at its rho, evaluated again on the sweep's digits
+        if float(rho) != table_rho:
+            train(f"AVAE_rho{rho}", "avae", {"rho": rho})
+    for rho in FLAGS.rhos:
+        model_label = "AVAE" if float(rho) == table_rho else f"AVAE_rho{rho}"
+        evaluate(f"sweep {rho}", f"AVAE_rho{rho}", model_label, budget["sweep_examples"], "accuracy", 0)
+    return jobs
 
 
 def main(argv):
@@ -220,23 +372,14 @@ def main(argv):
     budget = _budget()
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     started = time.time()
-    model_dirs, results, eval_dirs = {}, {}, {}
-    work = FLAGS.work_dir
-    for label, name, model_flags in MODELS:
-        init_from = model_dirs["VAE"] if name == "avae_ss" else None
-        model_dirs[label] = runs.train(work, label, name, _common_flags(budget), model_flags, init_from)
-        eval_flags = _eval_flags(budget["num_examples"], budget, "accuracy,decoder,chains", FLAGS.radius_examples)
-        results[label], eval_dirs[label] = runs.evaluate(work, label, model_dirs[label], eval_flags)
+    work = os.path.join(FLAGS.work_dir, FLAGS.arch)
+    done = runs.run_jobs(_jobs(budget, work), FLAGS.parallel)
+    model_dirs = {label: done[f"train {label}"] for label, _, _ in MODELS}
+    results = {label: done[f"eval {label}"][0] for label, _, _ in MODELS}
+    eval_dirs = {label: done[f"eval {label}"][1] for label, _, _ in MODELS}
+    rho_sweep = {rho: done[f"sweep {rho}"][0]["adversarial_accuracy"] for rho in FLAGS.rhos}
     vae_step = runs.step_seconds(model_dirs["VAE"])
-    rho_sweep = {}
-    for rho in FLAGS.rhos:
-        label = f"AVAE_rho{rho}"
-        if float(rho) == MODELS[3][2]["rho"]:
-            model_dir = model_dirs["AVAE"]
-        else:
-            model_dir = runs.train(work, label, "avae", _common_flags(budget), {"rho": rho})
-        result, _ = runs.evaluate(work, label, model_dir, _eval_flags(budget["sweep_examples"], budget, "accuracy", 0))
-        rho_sweep[rho] = result["adversarial_accuracy"]
+    curves = {label: _training_curve(model_dirs[label]) for label in model_dirs if budget["robustness_every"]}
 
     first = next(iter(results.values()))
     report = {
@@ -250,11 +393,13 @@ def main(argv):
                 "time_ratio": runs.step_seconds(model_dirs[label]) / vae_step,
                 "step_seconds": runs.step_seconds(model_dirs[label]),
                 "model_flags": dict(MODELS[[m[0] for m in MODELS].index(label)][2]),
+                "training_curve": curves.get(label),
             }
             for label, result in results.items()
         },
         "rho_sweep": rho_sweep,
-        "paper": PAPER,
+        "paper": PAPER if FLAGS.arch == "conv" else None,  # Table 1 is conv; the MLP is in Figure 5's plots only
+        "paper_settings": PAPER_SETTINGS,
         "fid_features": first["fid_features"],
         "attack_budgets": first["attack_budgets"],
         "settings": {
@@ -265,9 +410,11 @@ def main(argv):
             "quick": FLAGS.quick,
             "radius_examples": FLAGS.radius_examples,
             "epsilons": list(EPSILONS),
-            "arch": "conv",
+            "curve_epsilons": list(CURVE_EPSILONS),
+            "arch": FLAGS.arch,
             "latent_dim": 64,
-            "learning_rate": 1e-4,
+            "learning_rate": FLAGS.learning_rate,
+            "parallel": FLAGS.parallel,
             "seed": FLAGS.seed,
             "full": FLAGS.full,
             "wall_clock_seconds": round(time.time() - started),
@@ -275,12 +422,13 @@ def main(argv):
         },
         "command": runs.command_line("benchmarks.reproduce_colormnist"),
     }
-    with open(os.path.join(FLAGS.output_dir, "colormnist.json"), "w") as f:
+    stem = os.path.join(FLAGS.output_dir, _name())
+    with open(f"{stem}.json", "w") as f:
         json.dump(report, f, indent=2)
-    with open(os.path.join(FLAGS.output_dir, "colormnist.md"), "w") as f:
+    with open(f"{stem}.md", "w") as f:
         f.write(_markdown(report))
     _plot(report, {label: os.path.join(eval_dirs[label], "chain.png") for label in ("VAE", "AVAE")})
-    print(f"wrote {FLAGS.output_dir}/colormnist.json and colormnist.md in {time.time() - started:.0f} s")
+    print(f"wrote {stem}.json and {stem}.md in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

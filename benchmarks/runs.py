@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from concurrent import futures
 
 from zoo.model_dir import ModelDir, read_json
 
@@ -20,31 +21,63 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALUATED = "evaluated.json"  # beside an evaluation's results: the arguments and the weights it was made with
 
 
-def run(args, log_path):
-    """Runs `python -m <args>`; exits naming the log when it fails."""
+def run(args, log_path, threads=None):
+    """Runs `python -m <args>` (with `threads` TensorFlow threads, default all); exits naming the log when it fails."""
     command = [sys.executable, "-m", *args]
     print("$", " ".join(command), flush=True)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    env = dict(os.environ)
+    if threads:  # processes run side by side share the cores instead of each spreading over all of them
+        env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
     with open(log_path, "a") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if completed.returncode:
         sys.exit(f"error: {args[0]} failed (exit {completed.returncode}); see {log_path}")
 
 
-def train(work_dir, label, name, common_flags, model_flags=None, init_from=None):
+def run_jobs(jobs, parallel=1):
+    """Runs `jobs`, (key, function, keys of the jobs it waits for) in order of preference, at most `parallel` at a time.
+
+    A job starts once every job it waits for has finished. Returns {key: what its function returned}; a job that
+    fails stops new ones from starting, and its error is raised once the running ones have ended.
+    """
+    keys = [key for key, _, _ in jobs]
+    missing = sorted({dep for _, _, deps in jobs for dep in deps} - set(keys))
+    if missing or len(set(keys)) < len(keys):
+        raise ValueError(f"jobs {keys} wait for missing jobs {missing} or repeat a key")
+    pending, running, results = list(jobs), {}, {}
+    with futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        while pending or running:
+            for job in [job for job in pending if all(dep in results for dep in job[2])][: parallel - len(running)]:
+                pending.remove(job)
+                running[pool.submit(job[1])] = job[0]
+            if not running:
+                raise ValueError(f"jobs {[key for key, _, _ in pending]} wait for each other")
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()
+    return results
+
+
+def model_dir_of(work_dir, label):
+    """Where `train` puts the model labelled `label`."""
+    return os.path.join(work_dir, "models", label)
+
+
+def train(work_dir, label, name, common_flags, model_flags=None, init_from=None, threads=None):
     """Trains registered model `name` into work_dir/models/label; returns the model directory."""
-    model_dir = os.path.join(work_dir, "models", label)
+    model_dir = model_dir_of(work_dir, label)
     args = [f"train.{name}", *common_flags, f"--model_dir={model_dir}"]
     args += [f"--{key}={value}" for key, value in (model_flags or {}).items()]
     if init_from:
         args.append(f"--init_from={init_from}")
     started = time.time()
-    run(args, os.path.join(work_dir, "logs", f"train_{label}.log"))
+    run(args, os.path.join(work_dir, "logs", f"train_{label}.log"), threads)
     print(f"  trained {label} in {time.time() - started:.0f} s", flush=True)
     return model_dir
 
 
-def evaluate(work_dir, label, model_dir, eval_flags):
+def evaluate(work_dir, label, model_dir, eval_flags, threads=None):
     """Evaluates a model into work_dir/eval/label; returns (the evaluation's results as a dict, output dir).
 
     An evaluation already there, made of the same weights with the same arguments, is read back instead of
@@ -64,7 +97,7 @@ def evaluate(work_dir, label, model_dir, eval_flags):
     if reusable:
         print(f"  {label}: evaluated before (same weights, same arguments); read from {output}", flush=True)
         return result, output
-    run(args, os.path.join(work_dir, "logs", f"eval_{label}.log"))
+    run(args, os.path.join(work_dir, "logs", f"eval_{label}.log"), threads)
     result = ModelDir(output).read_robustness()
     if not result:
         sys.exit(f"error: evaluate.robustness wrote no results to {output}; see the log in {work_dir}/logs")

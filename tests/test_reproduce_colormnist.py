@@ -18,7 +18,7 @@ def _write_model(model_dir, weights, saved_at):
 def test_a_rerun_reuses_an_evaluation_of_the_same_weights_with_the_same_arguments(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(args, log_path):  # stands in for `python -m evaluate.robustness ...`
+    def fake_run(args, log_path, threads=None):  # stands in for `python -m evaluate.robustness ...`
         calls.append(args)
         output = next(a.split("=", 1)[1] for a in args if a.startswith("--output_dir="))
         os.makedirs(output, exist_ok=True)
@@ -57,10 +57,11 @@ def test_the_table_quotes_the_worst_case_its_attacks_radius_and_masking():
     report = {
         "models": {"AVAE": entry},
         "rho_sweep": {"0.975": entry["adversarial_accuracy"]},
+        "paper": reproduce_colormnist.PAPER,
         "attack_budgets": budgets,
         "fid_features": {"kind": "inception"},
         "settings": {"train_steps": 800, "batch_size": 64, "seed": 0, "num_examples": 250, "sweep_examples": 200,
-                     "radius_examples": 100, "probe_train_examples": 7000,
+                     "radius_examples": 100, "probe_train_examples": 7000, "arch": "conv", "learning_rate": 3e-4,
                      "evaluation_settings": {"cascade": True}},  # fmt: skip
         "command": "python -m benchmarks.reproduce_colormnist",
     }
@@ -77,3 +78,116 @@ def test_the_table_quotes_the_worst_case_its_attacks_radius_and_masking():
                                            "settings": {**report["settings"], "evaluation_settings": {}}})
     assert "attacked end to end, pgd only (a quick check, not a worst case);" in quick
     assert "radius" not in quick.split("## AVAE")[0] and "| 100.0 / 50.0 / 12.5 | 100 / 99.8 / 87.7 | **flagged** |" in quick
+    assert "(conv, latent 64, Adam 0.0003, seed 0)" in table and "The paper: Adam 1e-4, 100,000 steps" in table
+    assert "during training" not in table and "accuracy_vs_step" not in table  # no curves were logged
+
+
+def test_the_mlp_table_has_no_paper_numbers_and_the_curves_become_figure_5_middle():
+    curve = {"400": {"clean": 0.5, "0.05": 0.25, "0.1": 0.125, "seconds": 9.0},
+             "800": {"clean": 0.75, "0.05": 0.5, "0.1": 0.25, "seconds": 9.0}}  # fmt: skip
+    entry = {
+        "adversarial_accuracy": {"digit": _accuracy(0.9, 0.25, 0.0), "color": _accuracy(1.0, 0.5, 0.125)},
+        "robustness_radius": None, "gradient_masking": {"flagged": False, "by_task": {}}, "time_ratio": 1.0,
+        "mse": 0.03, "fid": 12.0, "training_curve": curve,
+    }  # fmt: skip
+    report = {
+        "models": {"VAE": entry, "AVAE": {**entry, "training_curve": {"800": curve["800"]}}},
+        "rho_sweep": {}, "paper": None, "attack_budgets": {}, "fid_features": {"kind": "inception"},
+        "settings": {"train_steps": 800, "batch_size": 64, "seed": 0, "num_examples": 250, "sweep_examples": 200,
+                     "radius_examples": 0, "probe_train_examples": 7000, "arch": "mlp", "learning_rate": 3e-4,
+                     "parallel": 2, "wall_clock_seconds": 1800, "curve_epsilons": [0.05, 0.1],
+                     "evaluation_settings": {}},
+        "command": "python -m benchmarks.reproduce_colormnist --arch=mlp",
+    }  # fmt: skip
+    table = reproduce_colormnist._markdown(report)
+    assert "(AVAE paper, Figure 5, top row: the mlp architecture)" in table
+    assert "| VAE | 90.0 / 25.0 / 0.0 |  | 100.0 / 50.0 / 12.5 |  | no | x1.00 |  | 0.0300 |" in table
+    assert "| step | VAE | AVAE |" in table
+    assert "| 400 | 50.0 / 25.0 / 12.5 |  |" in table and "| 800 | 75.0 / 50.0 / 25.0 | 75.0 / 50.0 / 25.0 |" in table
+    assert "Cells: clean / eps 0.05 / eps 0.1 in %" in table
+    assert "2 jobs side by side, 30 minutes in all" in table and "beside other jobs: a rough ratio" in table
+    assert "`colormnist_mlp_accuracy_vs_step.png` (Figure 5 middle)" in table
+
+
+def test_jobs_run_after_the_jobs_they_wait_for_and_never_more_at_once_than_asked():
+    import threading
+    import time
+
+    lock, running, log = threading.Lock(), [0], []
+
+    def job(key, seconds=0.05):
+        def run():
+            with lock:
+                running[0] += 1
+                log.append(("start", key, running[0]))
+            time.sleep(seconds)
+            with lock:
+                running[0] -= 1
+                log.append(("end", key))
+            return key.upper()
+
+        return run
+
+    jobs = [("a", job("a", 0.2), []), ("b", job("b"), ["a"]), ("c", job("c"), []), ("d", job("d"), [])]
+    assert runs.run_jobs(jobs, parallel=2) == {"a": "A", "b": "B", "c": "C", "d": "D"}
+    assert max(entry[2] for entry in log if entry[0] == "start") == 2
+    assert log.index(("end", "a")) < next(i for i, e in enumerate(log) if e[:2] == ("start", "b"))
+    # c and d ran beside a while b waited for it.
+    assert [e[1] for e in log if e[0] == "start"][:3] == ["a", "c", "d"]
+    log.clear()
+    runs.run_jobs(jobs, parallel=1)  # one at a time, in the order given where dependencies allow
+    assert [e[1] for e in log if e[0] == "start"] == ["a", "b", "c", "d"]
+
+
+def test_a_failed_job_stops_new_ones_and_is_raised():
+    import pytest
+
+    started = []
+
+    def fail():
+        started.append("fail")
+        raise SystemExit("error: train.avae failed (exit 1); see train_AVAE.log")
+
+    jobs = [("fail", fail, []), ("after", lambda: started.append("after"), ["fail"])]
+    with pytest.raises(SystemExit, match="train.avae failed"):
+        runs.run_jobs(jobs, parallel=2)
+    assert started == ["fail"]
+    with pytest.raises(ValueError, match="missing jobs \\['nowhere'\\]"):
+        runs.run_jobs([("a", fail, ["nowhere"])])
+    with pytest.raises(ValueError, match="wait for each other"):
+        runs.run_jobs([("a", fail, ["b"]), ("b", fail, ["a"])])
+
+
+def test_the_reproduction_trains_every_model_with_the_same_settings_and_avae_ss_from_the_vae(tmp_path):
+    from absl import flags
+
+    if "parallel" not in flags.FLAGS:
+        reproduce_colormnist.define_flags()
+    flags.FLAGS(["reproduce_colormnist", "--work_dir=" + str(tmp_path), "--data_dir=../shared/tfds",
+                 "--train_steps=1600", "--rhos=0.9,0.975"])  # fmt: skip
+    try:
+        work = str(tmp_path / "conv")
+        jobs = {key: (run, waits) for key, run, waits in reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)}
+    finally:
+        flags.FLAGS.unparse_flags()
+    labels = [m[0] for m in reproduce_colormnist.MODELS]
+    assert list(jobs) == [f"{kind} {label}" for label in labels for kind in ("train", "eval")] + [
+        "train AVAE_rho0.9", "sweep 0.9", "sweep 0.975"]  # fmt: skip
+    assert jobs["train AVAE-SS"][1] == ["train VAE"] and jobs["eval AVAE"][1] == ["train AVAE"]
+    assert jobs["sweep 0.975"][1] == ["train AVAE"]  # the table's AVAE is the sweep's model at rho 0.975
+    vae_flags, vae_model_flags, init_from = jobs["train VAE"][0].args[3:6]
+    assert {"--arch=conv", "--learning_rate=0.0003", "--train_steps=1600", "--robustness_every=200",
+            "--robustness_epsilons=0.05,0.1"} <= set(vae_flags)  # fmt: skip
+    assert jobs["train AVAE-SS"][0].args[5] == runs.model_dir_of(work, "VAE")
+    sweep_flags = jobs["train AVAE_rho0.9"][0].args[3]
+    assert not any(f.startswith("--robustness_every") for f in sweep_flags)  # the curve is Table 1's models'
+    assert set(sweep_flags) == set(vae_flags) - {"--robustness_every=200", "--robustness_epsilons=0.05,0.1"}
+    assert jobs["train AVAE_rho0.9"][0].args[4] == {"rho": "0.9"}
+    assert jobs["train AVAE_rho0.9"][0].args[6] is None  # one process at a time: all the cores
+    flags.FLAGS(["reproduce_colormnist", "--parallel=2"])
+    try:
+        side_by_side = reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)
+    finally:
+        flags.FLAGS.unparse_flags()
+    threads = max(1, (os.cpu_count() or 1) // 2)  # two processes share the cores
+    assert {run.args[-1] for _, run, _ in side_by_side} == {threads}

@@ -158,6 +158,12 @@ def test_the_robustness_curve_is_the_quick_check_every_n_steps(tmp_path, monkeyp
     assert float(rows[1]["clean"]) == round(again["clean"], 4)
     assert float(rows[1]["pgd_eps_0.1"]) == round(again["pgd"][0.1], 4)
     assert os.listdir(result.model_dir.log_dir)  # and TensorBoard has it
+    # Read back by step; a resumed run's second check of a step replaces the first.
+    with open(result.model_dir.robustness_curve_file, "a") as f:
+        f.write("4,digit,0.5000,0.2500,1.00\n")
+    curve = robustness_check.read_curve(result.model_dir.robustness_curve_file)
+    assert list(curve) == [2, 4] and curve[2]["clean"] == float(rows[0]["clean"])
+    assert curve[4] == {"clean": 0.5, 0.1: 0.25, "seconds": 1.0}
 
 
 def test_the_check_can_attack_trained_digits_the_probe_was_not_fitted_on():

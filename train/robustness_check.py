@@ -106,3 +106,16 @@ class RobustnessMonitor(callbacks.EveryNSteps):
                 writer.writerow(["step", "task", "clean", *(f"pgd_eps_{e:g}" for e in self.epsilons), "seconds"])
             writer.writerow([step, result["task"], f"{result['clean']:.4f}",
                              *(f"{result['pgd'][float(e)]:.4f}" for e in self.epsilons), f"{result['seconds']:.2f}"])  # fmt: skip
+
+
+def read_curve(csv_path):
+    """The rows `RobustnessMonitor` wrote, by step: {step: {"clean": accuracy, epsilon: PGD accuracy, "seconds": cost}}.
+
+    A resumed run checks again the steps after its last checkpoint; the latest row of a step wins.
+    """
+    curve = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            radii = {float(key[len("pgd_eps_") :]): float(v) for key, v in row.items() if key.startswith("pgd_eps_")}
+            curve[int(row["step"])] = {"clean": float(row["clean"]), **radii, "seconds": float(row["seconds"])}
+    return dict(sorted(curve.items()))
