@@ -166,6 +166,36 @@ def test_the_robustness_curve_is_the_quick_check_every_n_steps(tmp_path, monkeyp
     assert curve[4] == {"clean": 0.5, 0.1: 0.25, "seconds": 1.0}
 
 
+def test_avae_ss_draws_its_robustness_curve_on_the_data_its_vae_was_trained_on(tmp_path, monkeypatch):
+    from train import robustness_check
+
+    asked = []
+    load = robustness_check.load_check_data
+
+    def small(dataset, *args):
+        asked.append(dataset)
+        return load(dataset, *args, probe_examples=128, test_examples=32)
+
+    monkeypatch.setattr(robustness_check, "load_check_data", small)
+    vae_dir, ss_dir = str(tmp_path / "vae"), str(tmp_path / "avae_ss")
+    train.run("vae", vae_dir, **TINY)  # on color_mnist_embedded
+    # avae_ss's own dataset setting is left at a wrong value: the check follows init_from instead.
+    ss = train.run("avae_ss", ss_dir, init_from=vae_dir, dataset="mnist", **{**TINY, "train_steps": 2,
+                                                                              "robustness_every": 2})  # fmt: skip
+    assert asked == ["color_mnist_embedded"]
+    assert list(robustness_check.read_curve(ss.model_dir.robustness_curve_file)) == [2]
+    # Without a curve asked for, it reads no data at all (tests/test_se_family.py runs it with data disabled).
+    train.run("avae_ss", str(tmp_path / "quiet"), init_from=vae_dir, **{**TINY, "summary": True})
+    assert asked == ["color_mnist_embedded"]
+    # A chain of data-free runs is followed back to the run that read data; no data anywhere is a clear error.
+    again = train.run("avae_ss", str(tmp_path / "again"), init_from=ss_dir, **{**TINY, "robustness_every": 1})
+    assert asked[-1] == "color_mnist_embedded" and os.path.exists(again.model_dir.robustness_curve_file)
+    os.remove(os.path.join(vae_dir, "config.json"))
+    with pytest.raises(ValueError, match="no model behind init_from .* says which data it was trained on"):
+        train.run("avae_ss", str(tmp_path / "lost"), init_from=ss_dir, **{**TINY, "robustness_every": 1})
+    assert not os.path.exists(tmp_path / "lost")  # refused before anything was written
+
+
 def test_the_check_can_attack_trained_digits_the_probe_was_not_fitted_on():
     from train import robustness_check
 

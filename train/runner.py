@@ -1,6 +1,7 @@
 """`train.run`: one training run from explicit settings, what every `python -m train...` calls."""
 
 import dataclasses
+import os
 
 import keras
 import tensorflow as tf
@@ -63,6 +64,23 @@ def _init_source(model_name, model_class, settings):
         raise ValueError(f"init_from: {error}") from None
 
 
+def _check_dataset(model_class, settings):
+    """The robustness check's dataset: the one trained on; for a model that reads no data, the one the model it
+    post-trains was trained on (following init_from back to a run that read data)."""
+    if model_class.needs_data:
+        return settings.dataset
+    source, seen = settings.init_from, set()
+    while source and os.path.abspath(source) not in seen:
+        seen.add(os.path.abspath(source))
+        directory = ModelDir(source)
+        dataset = directory.read_config().get("dataset")
+        if dataset:
+            return dataset
+        source = directory.read_flags().get("init_from")
+    raise ValueError(f"robustness_every: no model behind init_from {settings.init_from} says which data it was "
+                     "trained on, so there is nothing to check on")  # fmt: skip
+
+
 def _shapes(model_class, source, settings):
     """(image_shape, arch, latent_dim): the `init_from` model's if any, else the dataset's and the settings'."""
     if source is not None:
@@ -103,6 +121,9 @@ def run(model, model_dir, verbose="auto", **options):
 
     source = _init_source(model, model_class, settings)
     image_shape, arch, latent_dim = _shapes(model_class, source, settings)
+    # A model that reads no data (avae_ss) trains without any; it is checked on data only when a curve is asked for.
+    checked = settings.robustness_every or (settings.summary and model_class.needs_data)
+    check_dataset = _check_dataset(model_class, settings) if checked else None
     if settings.jit_compile is None:
         settings = dataclasses.replace(settings, jit_compile=distribute.auto_jit_compile(arch, replicas))
     if settings.steps_per_execution is None:
@@ -147,8 +168,8 @@ def run(model, model_dir, verbose="auto", **options):
             download=settings.download,
         )  # fmt: skip
     check_data = None
-    if role.is_chief and model_class.needs_data and (settings.robustness_every or settings.summary):
-        check_data = robustness_check.load_check_data(settings.dataset, settings.data_dir, settings.download)
+    if role.is_chief and check_dataset:
+        check_data = robustness_check.load_check_data(check_dataset, settings.data_dir, settings.download)
     callbacks = []
     if settings.robustness_every and check_data is not None:
         callbacks.append(robustness_check.RobustnessMonitor(

@@ -68,7 +68,8 @@ class TrainSettings(Config):
     )  # fmt: skip
     robustness_every: int = setting(
         0, "Every N steps, fit a linear probe on the encoder mean and measure clean and PGD-10 accuracy on fixed test "
-        "images; logged to TensorBoard and robustness_curve.csv (0: never).", check=NON_NEGATIVE,
+        "images; logged to TensorBoard and robustness_curve.csv (0: never). A model that reads no data (avae_ss) is "
+        "checked on the dataset its init_from model was trained on.", check=NON_NEGATIVE,
     )  # fmt: skip
     robustness_epsilons: str = setting(
         "0.02,0.05,0.1", "Comma-separated L-inf radii of the robustness checks.", check=EPSILON_LIST
