@@ -221,7 +221,7 @@ def _markdown(report):
         f"{settings['num_examples']} test digits attacked ({settings['sweep_examples']} for the rho sweep"
         + (f"; the radius on {settings['radius_examples']}" if settings["radius_examples"] else "")
         + f"); probes trained on {settings['probe_train_examples']} training digits"
-        + (f"; {settings['parallel']} jobs side by side, {settings['wall_clock_seconds'] / 60:.0f} minutes in all"
+        + (f"; {_jobs_phrase(settings['parallel'])}, {settings['wall_clock_seconds'] / 60:.0f} minutes in all"
            if "parallel" in settings else "")
         + f". The paper: {report.get('paper_settings', PAPER_SETTINGS)}. Time is the median step time relative to "
         "the VAE, measured in this run" + (" (beside other jobs: a rough ratio; `benchmarks.train_speed` times steps "
@@ -237,6 +237,10 @@ def _markdown(report):
         *runs.produced_by(report["command"]),
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _jobs_phrase(parallel):
+    return "one job at a time" if parallel == 1 else f"{parallel} jobs side by side"
 
 
 def _has_curves(report):
@@ -306,15 +310,16 @@ def _plot(report, chain_pngs):
     plt.close(fig)
 
     if _has_curves(report):  # Figure 5, middle: robust accuracy of the digit probe as training goes
-        radii = report["settings"]["curve_epsilons"]
-        fig, axes = plt.subplots(1, len(radii), figsize=(5 * len(radii), 4), squeeze=False)
-        for eps, ax in zip(radii, axes[0]):
+        columns = ["clean", *(f"{eps:g}" for eps in report["settings"]["curve_epsilons"])]
+        fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 4), squeeze=False)
+        for column, ax in zip(columns, axes[0]):
             for label, entry in report["models"].items():
                 curve = entry["training_curve"]
-                ax.plot([int(step) for step in curve], [100 * row[f"{eps:g}"] for row in curve.values()], marker="o",
+                ax.plot([int(step) for step in curve], [100 * row[column] for row in curve.values()], marker="o",
                         label=label)  # fmt: skip
-            ax.set(title=f"digit task, eps={eps:g} (training's PGD-{robustness_check.PGD_STEPS} check)",
-                   xlabel="training step", ylabel="adversarial accuracy (%)", ylim=(0, 101))  # fmt: skip
+            attack = f"training's PGD-{robustness_check.PGD_STEPS} check"
+            title = "clean" if column == "clean" else f"eps={column} ({attack})"
+            ax.set(title=f"digit task, {title}", xlabel="training step", ylabel="accuracy (%)", ylim=(0, 101))
             ax.grid(alpha=0.3)
         axes[0][0].legend()
         fig.tight_layout()
