@@ -64,6 +64,9 @@ def define_flags():
                          "Table 1 (the rho sweep: none); each costs minutes on a CPU, as ART's attacks take one "
                          "radius per call.")  # fmt: skip
     flags.DEFINE_integer("sweep_examples", 200, "Test examples attacked per model of the rho sweep.")
+    flags.DEFINE_list("models", [label for label, _, _ in MODELS], "Table 1's models to train and evaluate (a "
+                      "subset where a budget allows no more); VAE is always one, as AVAE-SS post-trains it and the "
+                      "time ratios are relative to it.")  # fmt: skip
     flags.DEFINE_list("rhos", ["0.5", "0.8", "0.9", "0.95", "0.975", "0.99"], "AVAE couplings of Figure 5 (left).")
     flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
 
@@ -202,6 +205,9 @@ def _markdown(report):
         for task, masking in entry["gradient_masking"]["by_task"].items():
             if masking["flagged"]:
                 lines.append(f"\n{label}, {task}: {'; '.join(masking['reasons'])}.")
+    left_out = [label for label, _, _ in MODELS if label not in report["models"]]
+    if left_out:
+        lines.append(f"\nNot trained in this run (`--models`): {', '.join(left_out)}.")
     lines += [
         "",
         f"FID features: {runs.describe_fid(report['fid_features'])}.",
@@ -326,8 +332,8 @@ def _plot(report, chain_pngs):
         fig.savefig(f"{stem}_accuracy_vs_step.png", dpi=120)
         plt.close(fig)
 
-    fig, axes = plt.subplots(len(chain_pngs), 1, figsize=(10, 4 * len(chain_pngs)))
-    for ax, (label, png) in zip(axes, chain_pngs.items()):
+    fig, axes = plt.subplots(len(chain_pngs), 1, figsize=(10, 4 * len(chain_pngs)), squeeze=False)
+    for ax, (label, png) in zip(axes[:, 0], chain_pngs.items()):
         ax.imshow(plt.imread(png))
         ax.set_title(f"{label}: encode-decode chain (each row: a test digit, then decoder(encoder(.)) iterated)")
         ax.axis("off")
@@ -339,6 +345,16 @@ def _plot(report, chain_pngs):
 def _threads():
     """TensorFlow threads of each process: the cores shared among the processes run side by side."""
     return max(1, (os.cpu_count() or 1) // FLAGS.parallel) if FLAGS.parallel > 1 else None
+
+
+def _chosen_models():
+    """The entries of MODELS that --models names, in Table 1's order; a name not there is an error naming them."""
+    labels = [label for label, _, _ in MODELS]
+    unknown = [label for label in FLAGS.models if label not in labels]
+    if unknown or "VAE" not in FLAGS.models:
+        raise app.UsageError(f"--models: {', '.join(unknown) or 'VAE is missing'}; choose among {', '.join(labels)} "
+                             "(VAE always)")  # fmt: skip
+    return [model for model in MODELS if model[0] in FLAGS.models]
 
 
 def _jobs(budget, work):
@@ -358,16 +374,19 @@ def _jobs(budget, work):
         run = functools.partial(runs.evaluate, work, label, runs.model_dir_of(work, model_label), eval_flags, threads)
         jobs.append((key, run, [f"train {model_label}"]))
 
-    for label, name, model_flags in MODELS:
+    for label, name, model_flags in _chosen_models():
         train(label, name, model_flags, init_from="VAE" if name == "avae_ss" else None, curve=True)
         stages = "accuracy,decoder,chains"
         evaluate(f"eval {label}", label, label, budget["num_examples"], stages, FLAGS.radius_examples)
-    table_rho = dict(MODELS[3][2])["rho"]
-    for rho in FLAGS.rhos:  # Table 1's AVAE is the sweep's model at its rho, evaluated again on the sweep's digits
-        if float(rho) != table_rho:
-            train(f"AVAE_rho{rho}", "avae", {"rho": rho})
+    def sweep_label(rho):
+        """Table 1's AVAE, where it is trained, is the sweep's model at its rho (evaluated on the sweep's digits)."""
+        return "AVAE" if float(rho) == dict(MODELS[3][2])["rho"] and "AVAE" in FLAGS.models else f"AVAE_rho{rho}"
+
     for rho in FLAGS.rhos:
-        model_label = "AVAE" if float(rho) == table_rho else f"AVAE_rho{rho}"
+        if sweep_label(rho) != "AVAE":
+            train(sweep_label(rho), "avae", {"rho": rho})
+    for rho in FLAGS.rhos:
+        model_label = sweep_label(rho)
         evaluate(f"sweep {rho}", f"AVAE_rho{rho}", model_label, budget["sweep_examples"], "accuracy", 0)
     return jobs
 
@@ -379,9 +398,10 @@ def main(argv):
     started = time.time()
     work = os.path.join(FLAGS.work_dir, FLAGS.arch)
     done = runs.run_jobs(_jobs(budget, work), FLAGS.parallel)
-    model_dirs = {label: done[f"train {label}"] for label, _, _ in MODELS}
-    results = {label: done[f"eval {label}"][0] for label, _, _ in MODELS}
-    eval_dirs = {label: done[f"eval {label}"][1] for label, _, _ in MODELS}
+    chosen = [label for label, _, _ in _chosen_models()]
+    model_dirs = {label: done[f"train {label}"] for label in chosen}
+    results = {label: done[f"eval {label}"][0] for label in chosen}
+    eval_dirs = {label: done[f"eval {label}"][1] for label in chosen}
     rho_sweep = {rho: done[f"sweep {rho}"][0]["adversarial_accuracy"] for rho in FLAGS.rhos}
     vae_step = runs.step_seconds(model_dirs["VAE"])
     curves = {label: _training_curve(model_dirs[label]) for label in model_dirs if budget["robustness_every"]}
@@ -432,7 +452,7 @@ def main(argv):
         json.dump(report, f, indent=2)
     with open(f"{stem}.md", "w") as f:
         f.write(_markdown(report))
-    _plot(report, {label: os.path.join(eval_dirs[label], "chain.png") for label in ("VAE", "AVAE")})
+    _plot(report, {label: os.path.join(eval_dirs[label], "chain.png") for label in ("VAE", "AVAE") if label in eval_dirs})
     print(f"wrote {stem}.json and {stem}.md in {time.time() - started:.0f} s")
 
 

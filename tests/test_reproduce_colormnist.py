@@ -4,6 +4,9 @@ import json
 import os
 import zipfile
 
+import pytest
+from absl import app
+
 from benchmarks import reproduce_colormnist, runs
 
 
@@ -142,8 +145,6 @@ def test_jobs_run_after_the_jobs_they_wait_for_and_never_more_at_once_than_asked
 
 
 def test_a_failed_job_stops_new_ones_and_is_raised():
-    import pytest
-
     started = []
 
     def fail():
@@ -193,3 +194,16 @@ def test_the_reproduction_trains_every_model_with_the_same_settings_and_avae_ss_
         flags.FLAGS.unparse_flags()
     threads = max(1, (os.cpu_count() or 1) // 2)  # two processes share the cores
     assert {run.args[-1] for _, run, _ in side_by_side} == {threads}
+    # A subset of Table 1: without the table's AVAE the sweep trains its own model at rho 0.975.
+    flags.FLAGS(["reproduce_colormnist", "--models=VAE,AVAE-SS", "--rhos=0.975"])
+    try:
+        subset = {key: waits for key, _, waits in reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)}
+        assert subset == {"train VAE": [], "eval VAE": ["train VAE"], "train AVAE-SS": ["train VAE"],
+                          "eval AVAE-SS": ["train AVAE-SS"], "train AVAE_rho0.975": [],
+                          "sweep 0.975": ["train AVAE_rho0.975"]}  # fmt: skip
+        for models in ("AVAE", "VAE,SE_0.3"):
+            flags.FLAGS.models = models.split(",")
+            with pytest.raises(app.UsageError, match="choose among VAE, SE_0.1, SE_0.2, AVAE, SE_0.1-AVAE, AVAE-SS"):
+                reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)
+    finally:
+        flags.FLAGS.unparse_flags()
