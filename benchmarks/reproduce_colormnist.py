@@ -227,8 +227,8 @@ def _markdown(report):
         f"{settings['num_examples']} test digits attacked ({settings['sweep_examples']} for the rho sweep"
         + (f"; the radius on {settings['radius_examples']}" if settings["radius_examples"] else "")
         + f"); probes trained on {settings['probe_train_examples']} training digits"
-        + (f"; {_jobs_phrase(settings['parallel'])}, {settings['wall_clock_seconds'] / 60:.0f} minutes in all"
-           if "parallel" in settings else "")
+        + (f"; {_jobs_phrase(settings['parallel'])}, {settings['wall_clock_seconds'] / 60:.0f} minutes for the last "
+           "invocation (a rerun reads back what earlier ones trained and evaluated)" if "parallel" in settings else "")
         + f". The paper: {report.get('paper_settings', PAPER_SETTINGS)}. Time is the median step time relative to "
         "the VAE, measured in this run" + (" (beside other jobs: a rough ratio; `benchmarks.train_speed` times steps "
                                            "alone)" if settings.get("parallel", 1) > 1 else "")
