@@ -51,7 +51,7 @@ if __name__ == "__main__":
 import tensorflow as tf  # noqa: E402
 
 from zoo import registry  # noqa: E402
-from zoo.model_dir import ModelDir  # noqa: E402
+from zoo.model_dir import ModelDir, init_from_chain  # noqa: E402
 
 MODEL_CARD = "model_card.md"
 MODEL_CARD_JSON = "model_card.json"
@@ -203,15 +203,11 @@ def training_stages(model, model_dir):
     """
     flags = ModelDir(model_dir).read_flags() if model_dir else {}
     stages = [_stage(model, model_dir, flags)]
-    source = flags.get("init_from")
-    while source and os.path.abspath(source) not in {stage["model_dir"] for stage in stages}:
-        directory = ModelDir(source)
+    for directory in init_from_chain(flags.get("init_from"), after=model_dir):
         if not directory.has_model():
-            stages.insert(0, {"model_dir": os.path.abspath(source), "steps": None, "learning_rate": None})
+            stages.insert(0, {"model_dir": os.path.abspath(directory), "steps": None, "learning_rate": None})
             break
-        flags = directory.read_flags()
-        stages.insert(0, _stage(registry.load(source), source, flags))
-        source = flags.get("init_from")
+        stages.insert(0, _stage(registry.load(directory.path), directory.path, directory.read_flags()))
     return stages
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 import train
 import zoo
 from train import loop
-from zoo.model_dir import ModelDir, ModelDirError
+from zoo.model_dir import ModelDir, ModelDirError, init_from_chain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,6 +103,19 @@ def test_a_model_dir_of_another_model_or_arch_is_refused(tmp_path):
         with pytest.raises(ModelDirError, match=f"holds a different run.*{next(iter(change))}"):
             ModelDir(model_dir).prepare({**config, **change})
     assert ModelDir(model_dir).read_config() == config, "a refused run must not overwrite the directory's config"
+
+
+def test_init_from_chain_follows_flags_back_and_ends_at_a_cycle(tmp_path):
+    run, first, second = (ModelDir(tmp_path / name) for name in ("run", "first", "second"))
+    for directory, source in ((run, second), (second, first), (first, run)):  # first names run: a cycle
+        os.makedirs(directory.path)
+        directory.write_json(directory.flags_file, {"init_from": source.path})
+    chain = [directory.path for directory in init_from_chain(second.path, after=run.path)]
+    assert chain == [second.path, first.path]  # run itself is not yielded again
+    assert [d.path for d in init_from_chain(second.path)] == [second.path, first.path, run.path]
+    gone = str(tmp_path / "gone")  # a missing directory is yielded; the chain ends there
+    assert [d.path for d in init_from_chain(gone)] == [gone]
+    assert list(init_from_chain(None)) == []
 
 
 def test_training_refuses_another_models_dir_at_start(tmp_path):

@@ -1,7 +1,6 @@
 """`train.run`: one training run from explicit settings, what every `python -m train...` calls."""
 
 import dataclasses
-import os
 
 import keras
 import tensorflow as tf
@@ -10,7 +9,7 @@ import zoo
 from train import distribute, loop, robustness_check
 from train.settings import TrainSettings
 from zoo import data as zoo_data
-from zoo.model_dir import ModelDir
+from zoo.model_dir import ModelDir, init_from_chain
 
 
 @dataclasses.dataclass
@@ -69,14 +68,10 @@ def _check_dataset(model_class, settings):
     post-trains was trained on (following init_from back to a run that read data)."""
     if model_class.needs_data:
         return settings.dataset
-    source, seen = settings.init_from, set()
-    while source and os.path.abspath(source) not in seen:
-        seen.add(os.path.abspath(source))
-        directory = ModelDir(source)
+    for directory in init_from_chain(settings.init_from):
         dataset = directory.read_config().get("dataset")
         if dataset:
             return dataset
-        source = directory.read_flags().get("init_from")
     raise ValueError(f"robustness_every: no model behind init_from {settings.init_from} says which data it was "
                      "trained on, so there is nothing to check on")  # fmt: skip
 

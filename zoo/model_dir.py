@@ -119,6 +119,19 @@ class ModelDir:
                 self.write_json(self.flags_file, flags)
 
 
+def init_from_chain(source, after=None):
+    """The model directories a run's weights came from, newest first: `source` (a run's `init_from`), then the
+    `init_from` its flags.json names, and so on. Stops at the first path seen before (`after`, the run itself,
+    counts as seen), so a cycle of directories ends. A directory that is gone is still yielded; the caller decides.
+    """
+    seen = {os.path.abspath(after)} if after else set()
+    while source and os.path.abspath(source) not in seen:
+        seen.add(os.path.abspath(source))
+        directory = ModelDir(source)
+        yield directory
+        source = directory.read_flags().get("init_from")
+
+
 def read_json(path):
     """A JSON file as a dict; {} when there is none."""
     if not os.path.exists(path):
