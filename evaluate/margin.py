@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from evaluate.tensors import flat, l2_distance
-from zoo import attacks
+from zoo import attacks, rng
 
 _TINY = 1e-12
 
@@ -73,9 +73,7 @@ def sampled_distances(decode, z_mean, stddev, reference, num_samples, seed, chun
     distances = []
     for start in range(0, num_samples, chunk):
         count = min(chunk, num_samples - start)
-        eta = tf.random.stateless_normal(
-            tf.stack([count, batch, latent]), tf.random.experimental.stateless_fold_in(seed, start)
-        )
+        eta = rng.normal(tf.stack([count, batch, latent]), rng.fold_in(seed, start))
         z = tf.reshape(z_mean[tf.newaxis] + stddev[tf.newaxis] * eta, [-1, latent])
         decoded = tf.reshape(decode(z), [count, batch, -1])
         distances.append(tf.transpose(tf.norm(decoded - reference[tf.newaxis], axis=2)))
@@ -128,8 +126,7 @@ def make_robust_at(encode_mean, decode, stddev, r, num_samples, steps, restarts,
         eta = None
         if stddev is not None:
             latent = tf.shape(encode_mean(x))[1]
-            eta = tf.random.stateless_normal(tf.stack([attack_samples, tf.shape(x)[0], latent]),
-                                             tf.random.experimental.stateless_fold_in(seed, 11))  # fmt: skip
+            eta = rng.normal(tf.stack([attack_samples, tf.shape(x)[0], latent]), rng.fold_in(seed, 11))
         objective = max_damage_objective(encode_mean, decode, x, stddev, eta)
         x_adv = attack_with_radii(objective, x, radii, steps, restarts, seed)
         reference = decode(encode_mean(x))
@@ -150,7 +147,7 @@ def empirical_margin(robust_at, x, clean_robust, min_radius, max_radius, search_
     """
     batch = int(x.shape[0])
     seed = tf.convert_to_tensor(seed)
-    sample_seed = tf.random.experimental.stateless_fold_in(seed, 7) if sample_seed is None else sample_seed
+    sample_seed = rng.fold_in(seed, 7) if sample_seed is None else sample_seed
     clean_robust = np.asarray(clean_robust, bool)
     lo = np.zeros(batch)
     hi = np.zeros(batch)
@@ -158,7 +155,7 @@ def empirical_margin(robust_at, x, clean_robust, min_radius, max_radius, search_
 
     def probe(radii, salt):
         robust, _ = robust_at(
-            x, tf.constant(radii, x.dtype), tf.random.experimental.stateless_fold_in(seed, salt), sample_seed
+            x, tf.constant(radii, x.dtype), rng.fold_in(seed, salt), sample_seed
         )
         return robust.numpy()
 

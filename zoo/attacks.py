@@ -14,7 +14,7 @@ selects the Smooth Encoder's auxiliary inputs (the change of representation) and
 
 Everything is plain TensorFlow (`tf.while_loop` over steps and restarts), so it runs eagerly, inside
 `tf.function` and with `jit_compile=True`. Random starts are stateless given a shape-[2] integer `seed`:
-restart r uses `stateless_fold_in(seed, r)`, so restart 0 is the same whatever the number of restarts;
+restart r uses `zoo.rng.fold_in(seed, r)`, so restart 0 is the same whatever the number of restarts;
 with `seed=None` they use `tf.random.uniform` / `tf.random.normal`.
 
 The result is wrapped in `tf.stop_gradient`: nothing of the attack reaches the gradients of a
@@ -23,6 +23,8 @@ BatchNorm in training mode), and `x` must already lie in [clip_min, clip_max].
 """
 
 import tensorflow as tf
+
+from zoo import rng
 
 NORMS = ("linf", "l2")
 _TINY = 1e-12
@@ -66,15 +68,15 @@ def _random_start(x, epsilon, norm, seed):
         if seed is None:
             u = tf.random.uniform(shape, -1.0, 1.0, dtype=x.dtype)
         else:
-            u = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=x.dtype)
+            u = rng.uniform(shape, seed, -1.0, 1.0, dtype=x.dtype)
         return x + epsilon * u
     # L2: a uniform direction times the radius eps * U^(1/d) is uniform in the ball.
     if seed is None:
         g = tf.random.normal(shape, dtype=x.dtype)
         u = tf.random.uniform(shape[:1], dtype=x.dtype)
     else:
-        g = tf.random.stateless_normal(shape, seed, dtype=x.dtype)
-        u = tf.random.stateless_uniform(shape[:1], tf.random.experimental.stateless_fold_in(seed, 1), dtype=x.dtype)
+        g = rng.normal(shape, seed, dtype=x.dtype)
+        u = rng.uniform(shape[:1], rng.fold_in(seed, 1), dtype=x.dtype)
     dim = tf.cast(tf.reduce_prod(shape[1:]), x.dtype)
     radius = epsilon * _per_example(tf.pow(u, 1.0 / dim), x)
     return x + radius * g / tf.maximum(_l2_norm(g), _TINY)
@@ -155,7 +157,7 @@ def pgd(
     seed = None if seed is None else tf.convert_to_tensor(seed)
 
     def run(r):
-        run_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, r)
+        run_seed = None if seed is None else rng.fold_in(seed, r)
         return _single_run(objective, x, epsilon, steps, step_size, norm, random_start, run_seed, clip_min, clip_max)
 
     best_x, best_obj = run(0)

@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from zoo import maths, networks
+from zoo import maths, networks, rng
 from zoo.config import POSITIVE, ModelConfig, setting
 
 tfd = tfp.distributions
@@ -251,15 +251,15 @@ class BaseVAE(ZooModel):
     def sample_likelihood(self, mean, seed):
         """A sample of p(x|z) given its mean image: mean + sqrt(obs_var) noise (Gaussian), or 0/1 pixels (Bernoulli)."""
         if self.config.likelihood == "bernoulli":
-            return tf.cast(tf.random.stateless_uniform(tf.shape(mean), seed, dtype=mean.dtype) < mean, mean.dtype)
-        noise = tf.random.stateless_normal(tf.shape(mean), seed, dtype=mean.dtype)
+            return tf.cast(rng.uniform(tf.shape(mean), seed, dtype=mean.dtype) < mean, mean.dtype)
+        noise = rng.normal(tf.shape(mean), seed, dtype=mean.dtype)
         return mean + tf.sqrt(tf.cast(self.config.obs_var, mean.dtype)) * noise
 
     def sample_posterior(self, posterior, seed):
         """A training sample z ~ q(z|x), its noise scaled as `posterior_noise` says."""
         # The noise is drawn here rather than by `posterior.sample`: TFP's sampler divides by the batch size,
         # and an empty batch (a worker out of validation data under MultiWorkerMirroredStrategy) must work.
-        noise = tf.random.stateless_normal(tf.shape(posterior.mean()), seed, dtype=posterior.mean().dtype)
+        noise = rng.normal(tf.shape(posterior.mean()), seed, dtype=posterior.mean().dtype)
         scale = posterior.stddev() if self.config.posterior_noise == "std" else posterior.variance()
         return posterior.mean() + scale * noise
 

@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from zoo import rng
+
 CELEBA_ATTRIBUTES = (
     "Bald", "Mustache", "Eyeglasses", "Wearing_Necklace", "Smiling", "Wearing_Lipstick", "Bangs",
     "Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "No_Beard", "Straight_Hair", "Wavy_Hair",
@@ -100,8 +102,7 @@ def _with_colour(image, labels):
 
 def _recolour(index, image, labels, seed):
     """The digit of a coloured image drawn again in a colour drawn from (seed, index)."""
-    colour = tf.random.stateless_uniform([], tf.stack([tf.cast(seed, tf.int64), index]), maxval=NUM_COLOURS,
-                                         dtype=tf.int64)  # fmt: skip
+    colour = rng.uniform([], tf.stack([tf.cast(seed, tf.int64), index]), maxval=NUM_COLOURS, dtype=tf.int64)
     grey = tf.reduce_max(image, axis=-1, keepdims=True)  # every colour has at least one channel on
     return colourise(grey, colour), {**labels, "color": tf.cast(colour, tf.int32)}
 

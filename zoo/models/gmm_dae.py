@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from zoo import base, maths, registry
+from zoo import base, maths, registry, rng
 from zoo.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ModelConfig, setting
 
 tfd = tfp.distributions
@@ -79,7 +79,7 @@ class GMMDAE(base.BaseDAE):
 
     def compute_losses(self, x, training):
         z = self.encoder(x, training=training)
-        noise = self.config.latent_noise * tf.random.stateless_normal(tf.shape(z), self.noise_seed(0))
+        noise = self.config.latent_noise * rng.normal(tf.shape(z), self.noise_seed(0))
         reconstruction = self.reconstruction_error(x, z + noise, training=training)
         ks, cov, extra = self.regularisers(x, z, training)
         ks_weight, cov_weight = self.loss_weights(tf.shape(z)[0])
