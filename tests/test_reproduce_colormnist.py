@@ -194,6 +194,12 @@ def test_the_reproduction_trains_every_model_with_the_same_settings_and_avae_ss_
         flags.FLAGS.unparse_flags()
     threads = max(1, (os.cpu_count() or 1) // 2)  # two processes share the cores
     assert {run.args[-1] for _, run, _ in side_by_side} == {threads}
+    flags.FLAGS(["reproduce_colormnist", "--arch=mlp"])  # mlp: two side by side by default, where there are 2 cores
+    try:
+        mlp_threads = {run.args[-1] for _, run, _ in reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)}
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert mlp_threads == ({threads} if (os.cpu_count() or 1) >= 2 else {None})
     # A subset of Table 1: without the table's AVAE the sweep trains its own model at rho 0.975.
     flags.FLAGS(["reproduce_colormnist", "--models=VAE,AVAE-SS", "--rhos=0.975"])
     try:
