@@ -1,11 +1,10 @@
 """The project's stateless random draws (a shape-[2] integer seed), all with the Philox algorithm.
 
-TensorFlow's default algorithm, "auto_select", is Philox on CPUs and GPUs and gives the same numbers as
-naming Philox, with and without XLA. Under XLA, though, "auto_select" derives the Philox key from the seed
-inside the compiled step, and XLA fuses that scalar derivation into the loop over every drawn element:
-on a CPU the MLP AVAE step (one 64 x 2,352 delusion per step) ran 2.4x slower, one thread, than with the
-algorithm named (results/rng_xla.md). Every draw goes through here so that none is left behind.
-"""
+TensorFlow's default algorithm, "auto_select", is Philox on CPUs and GPUs: without XLA it draws the same
+numbers as naming Philox. Under XLA, though, it derives the Philox key from the seed inside the compiled
+step, and (what we believe explains the cost) XLA fuses that scalar derivation into the loop over every
+drawn element: on a CPU the MLP AVAE step (one 64 x 2,352 delusion per step) ran 2.4x slower, one thread,
+than with the algorithm named (results/rng_xla.md). Every draw goes through here so that none is left behind."""
 
 import tensorflow as tf
 
