@@ -4,7 +4,8 @@ TensorFlow's default algorithm, "auto_select", is Philox on CPUs and GPUs: witho
 numbers as naming Philox. Under XLA, though, it derives the Philox key from the seed inside the compiled
 step, and (what we believe explains the cost) XLA fuses that scalar derivation into the loop over every
 drawn element: on a CPU the MLP AVAE step (one 64 x 2,352 delusion per step) ran 2.4x slower, one thread,
-than with the algorithm named (results/rng_xla.md). Every draw goes through here so that none is left behind."""
+than with the algorithm named (results/rng_xla.md). Every draw goes through here so that none is left behind.
+"""
 
 import tensorflow as tf
 
