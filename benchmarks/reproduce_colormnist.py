@@ -352,7 +352,8 @@ def _parallel():
 
 def _threads():
     """TensorFlow threads of each process: the cores shared among the processes run side by side."""
-    return max(1, (os.cpu_count() or 1) // _parallel()) if _parallel() > 1 else None
+    parallel = _parallel()
+    return max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
 
 
 def _chosen_models():
