@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from evaluate import frechet
 from zoo import data as zoo_data
+from zoo import model_dir
 
 INCEPTION_WEIGHTS = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 FEATURE_KINDS = ("auto", "inception", "classifier")
@@ -167,9 +168,7 @@ def classifier_extractor(
         tmp = f"{path}.tmp-{os.getpid()}.keras"
         classifier.save(tmp)
         os.replace(tmp, path)
-        with open(f"{meta_path}.tmp-{os.getpid()}", "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(f"{meta_path}.tmp-{os.getpid()}", meta_path)
+        model_dir.write_json(meta_path, meta)
     feature_model = keras.Model(classifier.inputs, classifier.get_layer("features").output)
     description = {
         "kind": "classifier",

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from zoo import model_dir
+
 
 def _pyplot():
     import matplotlib
@@ -23,10 +25,7 @@ def epsilon_key(epsilon):
 
 def write_json(result, path):
     """Strict JSON (NaN and infinities become null), written atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_finite(result), f, indent=2, allow_nan=False, default=_jsonable)
-    os.replace(tmp, path)
+    model_dir.write_json(path, _finite(result), allow_nan=False, default=_jsonable)
 
 
 def _finite(value):

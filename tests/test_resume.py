@@ -105,6 +105,17 @@ def test_a_model_dir_of_another_model_or_arch_is_refused(tmp_path):
     assert ModelDir(model_dir).read_config() == config, "a refused run must not overwrite the directory's config"
 
 
+def test_a_json_write_that_fails_leaves_the_old_file_whole(tmp_path):
+    # Another worker reads the chief's config.json while the chief writes it: a reader must never see half a
+    # file, and a writer that dies midway must not destroy the old one.
+    directory = ModelDir(tmp_path)
+    directory.write_json(directory.config_file, {"model": "avae"})
+    with pytest.raises(TypeError):
+        directory.write_json(directory.config_file, {"model": "avae", "rho": object()})  # fails mid-serialisation
+    assert directory.read_config() == {"model": "avae"}
+    assert os.listdir(tmp_path) == [ModelDir.CONFIG]
+
+
 def test_init_from_chain_follows_flags_back_and_ends_at_a_cycle(tmp_path):
     run, first, second = (ModelDir(tmp_path / name) for name in ("run", "first", "second"))
     for directory, source in ((run, second), (second, first), (first, run)):  # first names run: a cycle

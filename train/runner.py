@@ -183,7 +183,10 @@ def run(model, model_dir, verbose="auto", **options):
         is_chief=role.is_chief,
     )
     if settings.summary and role.is_chief:
-        result.summary = _summary(keras_model, validation, check_data, settings)
+        # A multi-worker model's variables are collective: evaluating them on the chief alone would wait for
+        # workers that have finished. The chief measures the saved model, a copy of its own, instead.
+        measured = zoo.load(directory.path) if distribute.is_multi_worker(strategy) else keras_model
+        result.summary = _summary(measured, validation, check_data, settings)
     return result
 
 

@@ -77,8 +77,7 @@ class ModelDir:
         return read_json(self.robustness_file)
 
     def write_json(self, path, value):
-        with open(path, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
+        write_json(path, value, sort_keys=True)
 
     def check_writable(self):
         """Creates the directory; raises ModelDirError now, not after hours of training, if it cannot be written."""
@@ -130,6 +129,23 @@ def init_from_chain(source, after=None):
         directory = ModelDir(source)
         yield directory
         source = directory.read_flags().get("init_from")
+
+
+def write_json(path, value, **dump_options):
+    """Writes `value` as JSON atomically (a temporary file, then a rename).
+
+    A reader (another worker checking the chief's config.json, an evaluation reading a running
+    job's files) sees the old file or the new one, never a half-written one, and a killed writer
+    leaves the old file intact.
+    """
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            json.dump(value, f, indent=2, **dump_options)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):  # the write failed: no debris
+            os.remove(temporary)
 
 
 def read_json(path):
