@@ -128,6 +128,24 @@ def test_avae_ss_keeps_the_decoder_frozen_with_its_batchnorm_statistics(tmp_path
     assert not keras.saving.load_model(path).decoder.trainable
 
 
+@pytest.mark.parametrize("delusion", ["sample", "mean"])
+def test_avae_ss_inputs_are_decoder_samples_like_its_delusions(delusion):
+    from zoo.models import avae_ss
+
+    model = _model("avae_ss", delusion=delusion)
+    x = model.generated_inputs(512).numpy()
+    mean_image = model.decode(model.prior.sample(512, seed=model.noise_seed(avae_ss._PRIOR_SALT))).numpy()
+    if delusion == "mean":  # Algorithm 4's decoder(z'') read literally
+        np.testing.assert_array_equal(x, mean_image)
+        return
+    # Eq. (33): x ~ p(x|z''), the mean image plus the Gaussian likelihood's noise of variance obs_var ...
+    noise = x - mean_image
+    assert abs(noise.mean()) < 0.01 and noise.std() == pytest.approx(np.sqrt(model.config.obs_var), rel=0.01)
+    # ... from a stream of its own, not the delusion's.
+    delusion_noise = model.delusion(tf.constant(mean_image)).numpy() - mean_image
+    assert abs(np.corrcoef(noise.ravel(), delusion_noise.ravel())[0, 1]) < 0.01
+
+
 # Runs `python -m train.avae_ss` with every way to data disabled: zoo.data and tensorflow-datasets raise.
 _NO_DATA = """
 import dataclasses, runpy, sys

@@ -21,7 +21,8 @@ from zoo import base, maths, registry
 from zoo.config import COUPLING, setting
 
 DELUSIONS = ("mean", "sample")
-_DELUSION_SALT = 3  # noise_seed salt of a sampled delusion (0: posterior sample, 1: PGD start, 2: AVAE-SS prior)
+_DELUSION_SALT = 3  # noise_seed salt of a sampled delusion (0: posterior sample, 1: PGD start, 2: AVAE-SS prior,
+# 4: AVAE-SS generated input)
 
 
 @dataclasses.dataclass
@@ -41,10 +42,13 @@ class AVAE(base.BaseVAE):
     config_class = AVAEConfig
     extra_terms = ("coupling_log_prob", "delusion_entropy")
 
-    def delusion(self, reconstruction):
-        """x~, gradient stopped: the decoded mean image, or a sample of p(x|z) around it (`delusion`)."""
+    def delusion(self, reconstruction, salt=_DELUSION_SALT):
+        """x~, gradient stopped: the decoded mean image, or a sample of p(x|z) around it (`delusion`).
+
+        `salt` names the noise stream; AVAE-SS generates its inputs this way too, from a stream of their own.
+        """
         if self.config.delusion == "sample":
-            reconstruction = self.sample_likelihood(reconstruction, self.noise_seed(_DELUSION_SALT))
+            reconstruction = self.sample_likelihood(reconstruction, self.noise_seed(salt))
         return tf.stop_gradient(reconstruction)
 
     def regularizer(self, x, posterior, z, reconstruction, training):
