@@ -7,18 +7,22 @@ The evaluation never reaches into a model's layers. It needs:
   all zeros for a deterministic encoder;
 - `decode(z) -> x~`: the mean image in [0, 1];
 - `sample_prior(n, seed) -> z`: latents from the model's prior, for the FID
-  of generated samples;
+  of generated samples (None where the model does not carry its prior: an
+  exported encoder);
 - `image_shape`, the shape of one input image, and a `name`.
 
 `from_model` adapts a zoo model through the interface every zoo model
 declares (`zoo.base.ZooModel`): `model(x)` is the posterior mean,
 `model.posterior(x).stddev()` the standard deviation (a deterministic
 autoencoder's posterior is a point mass: zeros), `model.decode(z)` the
-decoder mean and `model.prior` the prior.
+decoder mean and `model.prior` the prior. `from_saved_model` adapts an encoder
+that `export.encoder` wrote (a SavedModel version directory, e.g. a shipped
+`zoo.pretrained.path(name)`) through its serving signatures alone, so an
+exported encoder is audited exactly as its users will call it.
 """
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -28,7 +32,7 @@ class Autoencoder:
     encode_mean: Callable
     stddev: Callable
     decode: Callable
-    sample_prior: Callable
+    sample_prior: Optional[Callable]
     image_shape: tuple
     name: str = "model"
 
@@ -50,3 +54,24 @@ def from_model(model, name=None):
 
     return Autoencoder(encode_mean=encode_mean, stddev=stddev, decode=decode, sample_prior=sample_prior,
                        image_shape=tuple(model.image_shape), name=name or model.registry_name)  # fmt: skip
+
+
+def from_saved_model(directory, name):
+    """The `Autoencoder` view of an exported encoder (`export.encoder`'s signatures; no prior: it is not exported).
+
+    The attacks differentiate through the SavedModel's `serving_default` (images -> embedding, stddev).
+    """
+    saved_model = tf.saved_model.load(directory)  # the closures hold it: its signatures need its variables alive
+    image_spec = saved_model.signatures["serving_default"].structured_input_signature[1]["images"]
+
+    def encode_mean(x):
+        return saved_model.signatures["serving_default"](images=x)["embedding"]
+
+    def stddev(x):
+        return saved_model.signatures["serving_default"](images=x)["stddev"]
+
+    def decode(z):
+        return saved_model.signatures["decode"](latents=z)["images"]
+
+    return Autoencoder(encode_mean=encode_mean, stddev=stddev, decode=decode, sample_prior=None,
+                       image_shape=tuple(int(d) for d in image_spec.shape[1:]), name=name)  # fmt: skip

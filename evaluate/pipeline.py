@@ -2,7 +2,9 @@
 
 - `run(model_dirs, output_dir, ...)`: evaluates one or several trained models, or only compares results
   already computed; what the command line calls.
-- `evaluate_model(model_dir, output_dir, stages, common, ...)`: one model; loads it with `zoo.load`, runs
+- `evaluate_model(model_dir, output_dir, stages, common, ...)`: one model, a trained model directory (loaded
+  with `zoo.load`) or an encoder `export.encoder` wrote (its SavedModel version directory: evaluated through
+  its serving signatures, its dataset and type read from its model card); runs
   the configured stages (`evaluate.stages`, in their registry order) and writes `robustness.json`,
   `robustness.md` and the PNG plots. Progress goes to `log` (print by default), with examples/s.
 """
@@ -17,7 +19,9 @@ import zoo
 from evaluate import interface, msssim, report
 from evaluate.stage import Common, Context, EvaluationError, load_arrays
 from evaluate.stages import STAGES
+from serving.layout import is_saved_model
 from zoo import data as zoo_data
+from zoo import pretrained
 from zoo.model_dir import ModelDir
 
 
@@ -42,29 +46,37 @@ def resolve_tasks(dataset, tasks):
 
 
 def load_model(model_dir):
+    """(the model's `interface.Autoencoder`, its dataset or None) for a trained model directory or an exported
+    encoder's SavedModel version directory."""
     if not os.path.isdir(model_dir):
         raise EvaluationError(f"model_dir {model_dir!r} does not exist")
+    if is_saved_model(model_dir):
+        try:
+            card = pretrained.read_model_card(model_dir)
+        except FileNotFoundError:
+            raise EvaluationError(f"{model_dir!r} is a SavedModel without the model card export.encoder writes "
+                                  "(assets/model_card.json)") from None  # fmt: skip
+        return interface.from_saved_model(model_dir, name=card.get("model_type")), card.get("dataset")
+    config = ModelDir(model_dir).read_config()
     try:
-        return zoo.load(model_dir)
+        keras_model = zoo.load(model_dir)
     except FileNotFoundError as error:
         raise EvaluationError(str(error)) from None
+    return interface.from_model(keras_model, name=config.get("model")), config.get("dataset")
 
 
 def evaluate_model(model_dir, output_dir, stages=None, common=None, dataset=None, data_dir=None, log=print):
     """Runs `stages` (default: all) on the model in `model_dir`; writes and returns the result dict."""
     stages = sorted(default_stages() if stages is None else stages, key=lambda s: list(STAGES).index(s.name))
     common = common or Common()
-    directory = ModelDir(model_dir)
-    config = directory.read_config()
-    keras_model = load_model(model_dir)
-    dataset = dataset or config.get("dataset")
+    model, model_dataset = load_model(model_dir)
+    dataset = dataset or model_dataset
     if not dataset:
-        raise EvaluationError(f"no dataset given and {model_dir!r} has no config.json naming one")
+        raise EvaluationError(f"no dataset given and {model_dir!r} has no config.json (or model card) naming one")
     try:
         spec = zoo_data.get_spec(dataset)
     except ValueError as error:
         raise EvaluationError(str(error)) from None
-    model = interface.from_model(keras_model, name=config.get("model"))
     if model.image_shape != tuple(spec.image_shape):
         raise EvaluationError(
             f"the model takes {model.image_shape} images but dataset {dataset!r} has {tuple(spec.image_shape)} images"
@@ -109,7 +121,8 @@ def write_outputs(result, output_dir):
 
 
 def labels_for(paths, given=None):
-    """Names of the compared models: `given`, or the directory names (made unique)."""
+    """Names of the compared models: `given`, or the directory names (made unique); an exported encoder's
+    version directory is named by its model and version (`avae_v4`), as TF Serving names it."""
     if given:
         if len(given) != len(paths):
             raise EvaluationError(f"{len(given)} labels for {len(paths)} models")
@@ -119,6 +132,8 @@ def labels_for(paths, given=None):
         base = os.path.basename(os.path.normpath(path))
         if base == ModelDir.ROBUSTNESS:
             base = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        elif base.isdigit() and is_saved_model(path):
+            base = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}_v{base}"
         label, k = base, 2
         while label in labels:
             label, k = f"{base}_{k}", k + 1
@@ -163,8 +178,9 @@ def run(model_dirs=(), output_dir=None, *, compare_paths=(), labels=None, datase
     if not model_dirs:
         raise EvaluationError("no model to evaluate and no results to compare")
     for model_dir in model_dirs:  # every directory is checked before hours go into the first
-        if not ModelDir(model_dir).has_model():
-            raise EvaluationError(f"no trained model in {model_dir!r} (expected {ModelDir(model_dir).model_file})")
+        if not ModelDir(model_dir).has_model() and not is_saved_model(model_dir):
+            raise EvaluationError(f"no trained model in {model_dir!r} (expected {ModelDir(model_dir).model_file}, "
+                                  "or an exported encoder's saved_model.pb)")  # fmt: skip
     names = labels_for(model_dirs, labels)
     results = []
     for model_dir, label in zip(model_dirs, names):

@@ -3,7 +3,9 @@
     python -m evaluate.robustness --model_dir=M --data_dir=D --output_dir=O
 
 writes O/robustness.json, O/robustness.md and PNG plots; `--dataset` defaults to the one in
-M/config.json. The downstream accuracy is the worst case per example over the project's PGD and ART's
+M/config.json. M may also be an exported encoder (a SavedModel version directory that `export.encoder`
+wrote, such as a shipped `zoo.pretrained.path(name)`): it is attacked through its serving signature,
+as its users call it. The downstream accuracy is the worst case per example over the project's PGD and ART's
 APGD-CE, targeted APGD-DLR and Square (`--attacks`); `--quick` keeps the project's PGD alone. Several
 models side by side:
 
@@ -46,8 +48,9 @@ def _settings():
 def define_flags(flag_values=FLAGS, module_name=__name__):
     """The command line's own flags, and one flag per setting (type, default, help and choices from its field)."""
     kwargs = dict(flag_values=flag_values, module_name=module_name)
-    flags.DEFINE_multi_string("model_dir", None, "Trained model directory (model.keras, config.json); repeat to "
-                              "compare.", **kwargs)  # fmt: skip
+    flags.DEFINE_multi_string("model_dir", None, "Trained model directory (model.keras, config.json), or an "
+                              "exported encoder's SavedModel version directory (export.encoder's, e.g. "
+                              "zoo.pretrained.path(name)); repeat to compare.", **kwargs)  # fmt: skip
     flags.DEFINE_list("compare", None, "robustness.json files to compare side by side (no evaluation).", **kwargs)
     flags.DEFINE_list("labels", None, "Names of the compared models in plots and tables (default: directory names).",
                       **kwargs)  # fmt: skip

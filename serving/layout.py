@@ -10,6 +10,11 @@ import os
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
+def is_saved_model(path):
+    """Whether the directory `path` holds a finished SavedModel."""
+    return any(os.path.isfile(os.path.join(path, name)) for name in _SAVED_MODEL_FILES)
+
+
 def list_versions(base_path):
     """{version: path} of the finished SavedModel versions under `base_path` ({} when it is missing).
 
@@ -23,7 +28,7 @@ def list_versions(base_path):
     versions = {}
     for entry in entries:
         path = os.path.join(base_path, entry)
-        if entry.isdigit() and any(os.path.isfile(os.path.join(path, name)) for name in _SAVED_MODEL_FILES):
+        if entry.isdigit() and is_saved_model(path):
             versions[int(entry)] = path
     return versions
 

@@ -157,6 +157,35 @@ def test_every_model_directory_is_checked_before_the_first_evaluation(vae_dir, t
         evaluate.run([vae_dir], str(tmp_path), compare_paths=[str(tmp_path)])
 
 
+def test_an_exported_encoder_is_evaluated_through_its_signatures_as_its_model_directory_is(vae_dir, tfds_dir,
+                                                                                              tmp_path):
+    from export import encoder
+
+    version = encoder.export(zoo.load(vae_dir), str(tmp_path / "export"), "tiny", model_dir=vae_dir)
+    accuracy = dict(attacks=("pgd",), epsilons=(0.0, 0.1), radius_examples=4)
+    run = dict(data_dir=tfds_dir, common=TINY_COMMON, log=lambda _: None)
+    logs = []
+    (from_directory,) = evaluate.run([vae_dir], str(tmp_path / "directory"), **run,
+                                     stages=_tiny_stages(str(tmp_path / "cache"), ["accuracy"], **accuracy))
+    exported = evaluate.run([version, vae_dir], str(tmp_path / "both"), **dict(run, log=logs.append),
+                            stages=_tiny_stages(str(tmp_path / "cache"), ["accuracy", "decoder"], **accuracy))[0]
+    # Dataset and type from the model card; the same probe, attack and numbers as the Keras model's.
+    assert exported["model"] == "vae" and exported["dataset"] == "color_mnist"
+    assert exported["model_dir"] == os.path.abspath(version)
+    assert exported["probes"] == from_directory["probes"]
+    assert exported["adversarial_accuracy"] == from_directory["adversarial_accuracy"]
+    assert exported["robustness_radius"] == from_directory["robustness_radius"]
+    assert exported["adversarial_accuracy"]["digit"]["0.1"] < exported["adversarial_accuracy"]["digit"]["0"]
+    # The prior is not exported: no FID of its samples, said in the log; reconstructions are measured.
+    assert exported["fid"] is None and exported["fid_reconstructions"] > 0 and exported["mse"]["per_pixel"] > 0
+    assert any("does not carry its prior" in line for line in logs)
+    assert os.path.isdir(tmp_path / "both" / "tiny_v1")  # named by model and version, not "1"
+
+    os.remove(os.path.join(version, "assets", "model_card.json"))
+    with pytest.raises(EvaluationError, match="without the model card"):
+        evaluate.run([version], str(tmp_path / "no_card"), **run, stages=_tiny_stages(str(tmp_path), ["accuracy"]))
+
+
 def test_command_line_compares_two_models_side_by_side(vae_dir, tfds_dir, tmp_path):
     # The one real process: flags generated from the stages' settings reach evaluate.run.
     other = str(tmp_path / "vae_copy")

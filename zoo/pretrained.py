@@ -53,7 +53,12 @@ def path(name):
 
 def model_card(name):
     """The encoder's model card (training flags, model config and its robustness evaluation) as a dict."""
-    with open(os.path.join(path(name), _MODEL_CARD)) as f:
+    return read_model_card(path(name))
+
+
+def read_model_card(directory):
+    """The model card of any encoder `export.encoder` wrote, given its SavedModel version directory."""
+    with open(os.path.join(directory, _MODEL_CARD)) as f:
         return json.load(f)
 
 

@@ -43,16 +43,20 @@ class Decoder(Stage):
         }
         log(f"[decoder] test MSE per pixel {mse['per_pixel']:.5f}, per image (sum) {mse['per_image_sum']:.2f}")
         fid_reconstructions = fid.fid(extractor, images, reconstructions)
-        decode = tf.function(model.decode)
-        samples = np.concatenate(
-            [
-                decode(model.sample_prior(hi - lo, context.seed(77, lo))).numpy()
-                for lo, hi in batches(len(images), common.batch_size)
-            ]
-        )
-        fid_samples = fid.fid(extractor, images, samples)
-        log(f"[decoder] FID samples {fid_samples:.3f}, reconstructions {fid_reconstructions:.3f} "
-            f"({len(images)} images)")  # fmt: skip
+        fid_samples = None
+        if model.sample_prior is None:
+            log("[decoder] no FID of prior samples: the model does not carry its prior (an exported encoder)")
+        else:
+            decode = tf.function(model.decode)
+            samples = np.concatenate(
+                [
+                    decode(model.sample_prior(hi - lo, context.seed(77, lo))).numpy()
+                    for lo, hi in batches(len(images), common.batch_size)
+                ]
+            )
+            fid_samples = fid.fid(extractor, images, samples)
+        log(f"[decoder] FID samples {'none' if fid_samples is None else f'{fid_samples:.3f}'}, reconstructions "
+            f"{fid_reconstructions:.3f} ({len(images)} images)")  # fmt: skip
         return {
             "mse": mse,
             "fid": fid_samples,
