@@ -19,7 +19,7 @@ import zoo
 from evaluate import interface, msssim, report
 from evaluate.stage import Common, Context, EvaluationError, load_arrays
 from evaluate.stages import STAGES
-from serving.layout import is_saved_model
+from serving.layout import is_saved_model, list_versions
 from zoo import data as zoo_data
 from zoo import pretrained
 from zoo.model_dir import ModelDir
@@ -179,6 +179,10 @@ def run(model_dirs=(), output_dir=None, *, compare_paths=(), labels=None, datase
         raise EvaluationError("no model to evaluate and no results to compare")
     for model_dir in model_dirs:  # every directory is checked before hours go into the first
         if not ModelDir(model_dir).has_model() and not is_saved_model(model_dir):
+            versions = list_versions(model_dir)
+            if versions:  # a TF Serving model base path: name the version to audit
+                raise EvaluationError(f"{model_dir!r} holds exported versions {sorted(versions)}: give one version's "
+                                      f"directory, e.g. {versions[max(versions)]!r}")  # fmt: skip
             raise EvaluationError(f"no trained model in {model_dir!r} (expected {ModelDir(model_dir).model_file}, "
                                   "or an exported encoder's saved_model.pb)")  # fmt: skip
     names = labels_for(model_dirs, labels)
