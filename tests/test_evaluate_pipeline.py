@@ -181,8 +181,9 @@ def test_an_exported_encoder_is_evaluated_through_its_signatures_as_its_model_di
     assert any("does not carry its prior" in line for line in logs)
     assert os.path.isdir(tmp_path / "both" / "tiny_v1")  # named by model and version, not "1"
 
-    with pytest.raises(EvaluationError, match=r"holds exported versions \[1\]: give one version's directory, e.g. .*/1'"):
-        evaluate.run([os.path.dirname(version)], str(tmp_path / "base"), **run)
+    base_path = os.path.dirname(version)  # TF Serving's model base path: one line naming the version to give
+    with pytest.raises(EvaluationError, match=r"exported versions \[1\]: give one version's directory, e.g. .*/1'"):
+        evaluate.run([base_path], str(tmp_path / "base"), **run)
     os.remove(os.path.join(version, "assets", "model_card.json"))
     with pytest.raises(EvaluationError, match="without the model card"):
         evaluate.run([version], str(tmp_path / "no_card"), **run, stages=_tiny_stages(str(tmp_path), ["accuracy"]))
