@@ -440,7 +440,9 @@ def run(model_dir=None, seconds=5.0, rounds=3, images_per_request=1, num_request
         path, description = build_export(model_dir, os.path.join(work, "export"))
         import tensorflow as tf
 
-        shape = tuple(tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["images"].shape[1:])
+        from zoo.pretrained import Encoder
+
+        shape = Encoder(tf.saved_model.load(path)).image_shape
         batching_file = os.path.join(work, "batching_parameters.txt")
         with open(batching_file, "w") as f:
             f.write(BATCHING_PARAMETERS)

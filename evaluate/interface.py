@@ -61,17 +61,19 @@ def from_saved_model(directory, name):
 
     The attacks differentiate through the SavedModel's `serving_default` (images -> embedding, stddev).
     """
-    saved_model = tf.saved_model.load(directory)  # the closures hold it: its signatures need its variables alive
-    image_spec = saved_model.signatures["serving_default"].structured_input_signature[1]["images"]
+    from zoo.pretrained import Encoder
+
+    # The closures hold the encoder: its signatures need the SavedModel's variables alive.
+    encoder = Encoder(tf.saved_model.load(directory))
 
     def encode_mean(x):
-        return saved_model.signatures["serving_default"](images=x)["embedding"]
+        return encoder.signatures["serving_default"](images=x)["embedding"]
 
     def stddev(x):
-        return saved_model.signatures["serving_default"](images=x)["stddev"]
+        return encoder.signatures["serving_default"](images=x)["stddev"]
 
     def decode(z):
-        return saved_model.signatures["decode"](latents=z)["images"]
+        return encoder.signatures["decode"](latents=z)["images"]
 
     return Autoencoder(encode_mean=encode_mean, stddev=stddev, decode=decode, sample_prior=None,
-                       image_shape=tuple(int(d) for d in image_spec.shape[1:]), name=name)  # fmt: skip
+                       image_shape=encoder.image_shape, name=name)  # fmt: skip
