@@ -231,8 +231,9 @@ def _markdown(report):
         + (f"; {_jobs_phrase(settings['parallel'])}, {settings['wall_clock_seconds'] / 60:.0f} minutes for the last "
            "invocation (a rerun reads back what earlier ones trained and evaluated)" if "parallel" in settings else "")
         + f". The paper: {report.get('paper_settings', PAPER_SETTINGS)}. Time is the median step time relative to "
-        "the VAE, measured in this run" + (" (beside other jobs: a rough ratio; `benchmarks.train_speed` times steps "
-                                           "alone)" if settings.get("parallel", 1) > 1 else "")
+        "the VAE, each measured while that model trained (one read back from an earlier invocation keeps its own: "
+        "across sessions the ratio carries the shared machine's drift; `benchmarks.train_speed` times steps side by "
+        "side)" + (" and beside other jobs here: a rough ratio" if settings.get("parallel", 1) > 1 else "")
         + ". The attacks:",
         "",
         *[evaluate_report.describe_budget(attack, budget).rstrip("\n") for attack, budget in budgets.items()],
