@@ -385,8 +385,9 @@ class _JaxReference(_Runner):
 
     Same networks (4 x 200 ReLU encoder with mean and log-variance heads, 4 x 200 ReLU decoder to logits),
     Gaussian likelihood with the model's obs_var around sigmoid(logits), z = mu + sigma eps, the closed-form
-    coupling <log p_rho(z'|z)> and H[q(z'|x~)] of the delusion x~ = stop_gradient(sigmoid(decoder(z))),
-    Adam 1e-4; one `jax.jit` update per step on batches of the same pipeline, timed like `StepTimer`.
+    coupling <log p_rho(z'|z)> and H[q(z'|x~)] of the delusion x~ drawn as the AVAE's default `delusion` says
+    (a sample sigmoid(decoder(z)) + sqrt(obs_var) eps', or the mean image), gradient stopped; Adam; one
+    `jax.jit` update per step on batches of the same pipeline, timed like `StepTimer`.
     """
 
     def __init__(self, label, coupling, image_shape, dataset, flops):
@@ -399,7 +400,10 @@ class _JaxReference(_Runner):
         self.label, self.arch, self.precision, self.xla = label + JAX_LABEL, "mlp", "float32", "jax.jit"
         self.flops = flops  # the same matmuls as the project's model
         config = zoo.get_model_class("avae").config_class()
+        if config.posterior_noise != "std" or config.likelihood != "gaussian":
+            raise ValueError("the JAX reference implements the AVAE's Gaussian likelihood and std posterior noise")
         rho, obs_var, latent_dim = config.rho, config.obs_var, FLAGS.latent_dim
+        sampled_delusion = config.delusion == "sample"
         pixels = int(np.prod(image_shape))
         log_2pi = float(np.log(2.0 * np.pi))
 
@@ -413,7 +417,8 @@ class _JaxReference(_Runner):
 
             mean, log_var = encode(x)
             var = jnp.exp(log_var)
-            z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape)
+            posterior_key, delusion_key = jax.random.split(key)
+            z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(posterior_key, mean.shape)
             logits = hk.nets.MLP([200] * 4 + [pixels], name="decoder")(z).reshape(x.shape)
             reconstruction = jax.nn.sigmoid(logits)
             log_likelihood = jnp.sum(-0.5 * (log_2pi + np.log(obs_var) + (x - reconstruction) ** 2 / obs_var),
@@ -421,7 +426,10 @@ class _JaxReference(_Runner):
             kl = 0.5 * jnp.sum(var + mean**2 - 1.0 - log_var, axis=-1)
             objective = log_likelihood - kl
             if coupling:
-                d_mean, d_log_var = encode(jax.lax.stop_gradient(reconstruction))
+                delusion = reconstruction
+                if sampled_delusion:
+                    delusion = delusion + np.sqrt(obs_var) * jax.random.normal(delusion_key, x.shape)
+                d_mean, d_log_var = encode(jax.lax.stop_gradient(delusion))
                 cond_var = 1.0 - rho**2
                 square = jnp.exp(d_log_var) + d_mean**2 - 2.0 * rho * mean * d_mean + rho**2 * (var + mean**2)
                 objective += jnp.sum(-0.5 * (log_2pi + np.log(cond_var)) - 0.5 * square / cond_var, axis=-1)
@@ -429,7 +437,7 @@ class _JaxReference(_Runner):
             return -jnp.mean(objective)
 
         network = hk.without_apply_rng(hk.transform(loss))
-        optimizer = optax.adam(1e-4)
+        optimizer = optax.adam(1e-4)  # build_model's default, which the project's runners use
         base_key = jax.random.PRNGKey(0)
 
         @jax.jit
