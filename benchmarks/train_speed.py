@@ -649,7 +649,10 @@ def markdown(result):
         "the process had the cores); `run mean`: all timed steps over their total time. `x VAE step`: the model's "
         "step time over the VAE's in the same setting. `GFLOP/step`: the step's matmul and convolution FLOPs "
         "counted on the traced step (PGD loops by their trip count); `% of peak`: GFLOP/step x steps/s over the "
-        "best float32 matmul rate of this run.",
+        "best float32 matmul rate of this run."
+        + (f" With XLA on, an execution's steps run unrolled in XLA programs of up to {setup['steps_per_xla_program']} "
+           "steps (`ZooModel.make_train_function`), which draw their noise with ThreeFry."
+           if "steps_per_xla_program" in setup else ""),
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}); bfloat16 {m['bfloat16']}; "
         f"{'GPUs: ' + ', '.join(m['gpus']) if m['gpus'] else 'no GPU'}; TensorFlow {m['tensorflow']}, "
@@ -727,6 +730,7 @@ def main(argv):
             "dataset": FLAGS.dataset, "batch_size": FLAGS.batch_size, "latent_dim": FLAGS.latent_dim,
             "settings": FLAGS.settings, "seconds": FLAGS.seconds, "rounds": FLAGS.rounds,
             "matmul_size": FLAGS.matmul_size, "wall_clock_seconds": round(time.time() - started),
+            "steps_per_xla_program": zoo.base.ZooModel.steps_per_xla_program,
         },  # fmt: skip
         "loads": loads,
         "matmul_gflops": peak.rounds,

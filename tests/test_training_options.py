@@ -46,6 +46,25 @@ def test_xla_computes_the_same_step():
     assert np.mean(np.abs(deltas[1] - deltas[0]) > 1e-3 * np.max(np.abs(deltas[0]))) <= 1e-3
 
 
+def test_an_xla_execution_of_several_steps_trains_as_its_steps_one_at_a_time():
+    """Steps unrolled into XLA programs (`ZooModel.make_train_function`) give the weights of one program per
+    step: each step reads its own batch and draws its own noise (the sampled delusion). Executions of three
+    steps run as programs of two and one; seven batches end with an execution cut short, which must still
+    train on its last batch."""
+    images = np.random.default_rng(1).uniform(size=(7, 16, *SHAPE)).astype("float32")
+    weights, steps = [], []
+    for steps_per_execution in (1, 3):
+        keras.utils.set_random_seed(0)
+        model = _model(jit_compile=True, steps_per_execution=steps_per_execution)
+        model.steps_per_xla_program = 2
+        model.fit(tf.data.Dataset.from_tensor_slices(images), epochs=1, verbose=0)
+        weights.append(model.get_weights())
+        steps.append(int(model.optimizer.iterations.numpy()))
+    assert steps == [7, 7]
+    for one_at_a_time, unrolled in zip(*weights):
+        np.testing.assert_array_equal(unrolled, one_at_a_time)
+
+
 def test_steps_per_execution_is_lowered_to_land_on_checkpoints_and_the_budget(tmp_path):
     model_dir = str(tmp_path / "model")
     model = _model(steps_per_execution=4)

@@ -144,18 +144,19 @@ def _multi_worker_fit(
     replica of every worker. Every worker must call it.
     """
     strategy = model.distribute_strategy
-    train_step, test_step = model.train_step, model.test_step
-    if model.jit_compile:
-        train_step = tf.function(train_step, jit_compile=True)
-        test_step = tf.function(test_step, jit_compile=True)
+    test_step = tf.function(model.test_step, jit_compile=True) if model.jit_compile else model.test_step
     steps_per_execution = int(model.steps_per_execution)
     results = lambda: {name: tracker.result() for name, tracker in model.trackers.items()}  # noqa: E731
 
     @tf.function
     def run_steps(iterator):
         for _ in tf.range(steps_per_execution):
-            strategy.run(train_step, args=(next(iterator),))
+            strategy.run(model.train_step, args=(next(iterator),))
         return results()
+
+    if model.jit_compile:  # one replica (`build_model`): the model's own XLA executions, as `fit` runs them
+        model.make_train_function()
+        run_steps = model.train_function
 
     @tf.function
     def evaluate(distributed):
