@@ -103,3 +103,5 @@ def test_speed_defaults_follow_the_measured_rules():
     assert distribute.auto_steps_per_execution(checkpoint_every=500, train_steps=1004, replicas=1) == 2
     assert distribute.auto_steps_per_execution(checkpoint_every=25, train_steps=100, replicas=1) == 5
     assert distribute.auto_steps_per_execution(checkpoint_every=500, train_steps=2000, replicas=2) == 1
+    assert distribute.auto_steps_per_xla_program(train_steps=100_000) == 5
+    assert distribute.auto_steps_per_xla_program(train_steps=2000) == 1

@@ -56,9 +56,13 @@ def _dtype_policy(name):
 
 
 def build_model(
-    name, strategy, learning_rate=1e-4, jit_compile=False, steps_per_execution=1, precision="float32", **model_kwargs
-):
+    name, strategy, learning_rate=1e-4, jit_compile=False, steps_per_execution=1, precision="float32",
+    steps_per_xla_program=None, **model_kwargs,
+):  # fmt: skip
     """Builds and compiles the registered model `name` under `strategy` (Adam).
+
+    `steps_per_xla_program`, with XLA: training steps unrolled into one XLA program (None: the model's
+    default, `ZooModel.steps_per_xla_program`).
 
     `precision` is a Keras dtype policy: the mixed ones compute in float16 or
     bfloat16 and keep float32 weights (the networks compute their output
@@ -77,6 +81,8 @@ def build_model(
         jit_compile = False
     with strategy.scope(), _dtype_policy(precision):
         model = registry.get_model_class(name)(**model_kwargs)
+        if steps_per_xla_program is not None:
+            model.steps_per_xla_program = int(steps_per_xla_program)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
             jit_compile=jit_compile,

@@ -124,6 +124,9 @@ def run(model, model_dir, verbose="auto", **options):
     if settings.steps_per_execution is None:
         settings = dataclasses.replace(settings, steps_per_execution=distribute.auto_steps_per_execution(
             settings.checkpoint_every, settings.train_steps, replicas))  # fmt: skip
+    if settings.steps_per_xla_program is None:
+        settings = dataclasses.replace(
+            settings, steps_per_xla_program=distribute.auto_steps_per_xla_program(settings.train_steps))
     size_asked = hyperparameters.get("dataset_size", None) == 0  # 0 asks for the size trained on
     if model_class.needs_data and (settings.train_examples or size_asked):
         train_size = _train_size(settings)  # also refuses more train_examples than the split has
@@ -133,8 +136,8 @@ def run(model, model_dir, verbose="auto", **options):
     # The model checks its hyper-parameters before anything is written to model_dir.
     keras_model = loop.build_model(
         model, strategy, learning_rate=settings.learning_rate, jit_compile=settings.jit_compile,
-        steps_per_execution=settings.steps_per_execution, precision=settings.precision,
-        **model_kwargs, **hyperparameters,
+        steps_per_execution=settings.steps_per_execution, steps_per_xla_program=settings.steps_per_xla_program,
+        precision=settings.precision, **model_kwargs, **hyperparameters,
     )  # fmt: skip
     dataset = settings.dataset if model_class.needs_data else None
     config = {

@@ -56,6 +56,11 @@ class TrainSettings(Config):
         "(distribute.auto_steps_per_execution).",
         check=AT_LEAST_ONE,
     )  # fmt: skip
+    steps_per_xla_program: int = setting(
+        None, "With XLA, training steps unrolled into each XLA program: faster steps, longer compilation, the same "
+        "weights. Default: 5 for runs of 10,000 steps or more, else 1 (distribute.auto_steps_per_xla_program).",
+        check=AT_LEAST_ONE,
+    )  # fmt: skip
     precision: str = setting(
         "auto", "Compute precision; weights stay float32. auto: the fastest that is safe on the device found "
         "(mixed_bfloat16 on GPUs of compute capability 8 and CPUs with AMX, mixed_float16 on older GPUs, "

@@ -63,7 +63,7 @@ class ZooModel(keras.Model):
     # False for models that train from their own samples and read no dataset (AVAE-SS).
     needs_data = True
     # Training steps unrolled into one XLA program (`make_train_function`): the mlp steps were about as fast
-    # as with 10, at half the compile time (results/xla_executions.md).
+    # as with 10, at half the compile time (results/xla_executions.md). `train` sets it by the run's length.
     steps_per_xla_program = 5
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
