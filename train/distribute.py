@@ -106,8 +106,8 @@ def auto_steps_per_execution(checkpoint_every, train_steps, replicas):
     return 1 if replicas > 1 else math.gcd(AUTO_STEPS_PER_EXECUTION, checkpoint_every, train_steps)
 
 
-# results/xla_executions.md: programs of 5 unrolled steps ran the mlp AVAE 1.4x and the VAE 1.3x faster than one
-# step per program, for 8-11 s more compilation, which a run of 2,000 steps does not win back (break-even about
+# results/xla_executions.md: programs of 5 unrolled steps ran the mlp AVAE 1.4x and the VAE 1.2-1.3x faster than
+# Keras' one program per step, for 8-11 s more compilation, which a run of 2,000 steps does not win back (break-even about
 # 4,000 AVAE and 7,000 VAE steps).
 AUTO_STEPS_PER_XLA_PROGRAM = 5
 UNROLL_FROM_TRAIN_STEPS = 10_000
