@@ -154,15 +154,16 @@ def _multi_worker_fit(
     steps_per_execution = int(model.steps_per_execution)
     results = lambda: {name: tracker.result() for name, tracker in model.trackers.items()}  # noqa: E731
 
-    @tf.function
-    def run_steps(iterator):
-        for _ in tf.range(steps_per_execution):
-            strategy.run(model.train_step, args=(next(iterator),))
-        return results()
-
     if model.jit_compile:  # one replica (`build_model`): the model's own XLA executions, as `fit` runs them
         model.make_train_function()
         run_steps = model.train_function
+    else:
+
+        @tf.function
+        def run_steps(iterator):
+            for _ in tf.range(steps_per_execution):
+                strategy.run(model.train_step, args=(next(iterator),))
+            return results()
 
     @tf.function
     def evaluate(distributed):

@@ -22,25 +22,19 @@ from zoo import console  # noqa: E402
 
 console.quiet_tensorflow()
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import xla_runs  # noqa: E402
 
-from train import loop  # noqa: E402
-from train.callbacks import StepTimer  # noqa: E402
-from zoo import data as zoo_data  # noqa: E402
 from zoo import rng  # noqa: E402
 
 VARIANTS = ("keras", "unrolled_philox", "unrolled")
 
 
 def build(name, variant, dataset):
-    keras.utils.set_random_seed(0)
-    extra = {"pgd_steps": 5} if name == "se" else {}
-    model = loop.build_model(name, tf.distribute.get_strategy(), jit_compile=True, steps_per_execution=10,
-                             image_shape=(28, 28, 3), arch="mlp", latent_dim=64, **extra)  # fmt: skip
+    model = xla_runs.mlp_model(name, **({"pgd_steps": 5} if name == "se" else {}))
     if variant == "keras":
-        model.make_train_function = lambda force=False: keras.Model.make_train_function(model, force)
+        xla_runs.use_keras_train_function(model)
     draws = rng.xla_program
     if variant == "unrolled_philox":
         rng.xla_program = contextlib.nullcontext  # traced now, so the programs keep Philox
@@ -58,21 +52,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
-    dataset = zoo_data.load("color_mnist", "train", 64, data_dir=args.data_dir, shuffle=True, repeat=True,
-                            drop_remainder=True, download=False)  # fmt: skip
+    dataset = xla_runs.training_data(args.data_dir)
     size_only = tf.data.Dataset.from_tensors(tf.zeros([0])).repeat().batch(64, drop_remainder=True)
     runs = {}
     for name in args.models.split(","):
         data = size_only if name == "avae_ss" else dataset  # AVAE-SS reads no data, only the batch size
         for variant in VARIANTS:
             runs[name, variant] = build(name, variant, data), data
-    times = {key: [] for key in runs}
-    for round_ in range(args.rounds):
-        for key in list(runs) if round_ % 2 == 0 else list(runs)[::-1]:
-            model, data = runs[key]
-            timer = StepTimer()
-            model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer])
-            times[key] += [seconds for _, seconds in timer.rows][1:]
+    times = xla_runs.time_alternated(runs, args.rounds, args.steps)
     print(f"steps/s from the 10th percentile (median) of the step times; {args.rounds} alternated rounds of "
           f"{args.steps} steps per variant; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print("| model | " + " | ".join(VARIANTS) + " | unrolled / keras |")

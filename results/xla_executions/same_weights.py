@@ -16,12 +16,8 @@ from zoo import console  # noqa: E402
 
 console.quiet_tensorflow()
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from train import loop  # noqa: E402
-from zoo import data as zoo_data  # noqa: E402
+import xla_runs  # noqa: E402
 
 
 def main():
@@ -29,15 +25,11 @@ def main():
     parser.add_argument("--data_dir", default="../shared/tfds")
     parser.add_argument("--models", default="vae,avae,se")
     args = parser.parse_args()
-    dataset = zoo_data.load("color_mnist", "train", 64, data_dir=args.data_dir, drop_remainder=True,
-                            download=False).take(40).cache()  # fmt: skip
+    dataset = xla_runs.training_data(args.data_dir, shuffle=False).take(40).cache()
     for name in args.models.split(","):
         weights = {}
         for steps_per_execution in (1, 10, 15):
-            keras.utils.set_random_seed(0)
-            model = loop.build_model(name, tf.distribute.get_strategy(), jit_compile=True,
-                                     steps_per_execution=steps_per_execution, image_shape=(28, 28, 3), arch="mlp",
-                                     latent_dim=64)  # fmt: skip
+            model = xla_runs.mlp_model(name, steps_per_execution=steps_per_execution)
             model.fit(dataset, epochs=1, verbose=0)
             weights[steps_per_execution] = model.get_weights()
             print(f"{name}: {steps_per_execution} steps per execution, {int(model.optimizer.iterations)} steps",

@@ -19,13 +19,8 @@ from zoo import console  # noqa: E402
 
 console.quiet_tensorflow()
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from train import loop  # noqa: E402
-from train.callbacks import StepTimer  # noqa: E402
-from zoo import data as zoo_data  # noqa: E402
+import xla_runs  # noqa: E402
 
 
 def main():
@@ -36,30 +31,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
-    dataset = zoo_data.load("color_mnist", "train", 64, data_dir=args.data_dir, shuffle=True, repeat=True,
-                            drop_remainder=True, download=False)  # fmt: skip
+    dataset = xla_runs.training_data(args.data_dir)
     variants = ["keras"] + [int(k) for k in args.unrolled.split(",")]
     runs, first = {}, {}
     for name in args.models.split(","):
         for variant in variants:
-            keras.utils.set_random_seed(0)
-            model = loop.build_model(name, tf.distribute.get_strategy(), jit_compile=True,
-                                     steps_per_execution=10,
-                                     image_shape=(28, 28, 3), arch="mlp", latent_dim=64)  # fmt: skip
+            model = xla_runs.mlp_model(name)
             if variant == "keras":
-                model.make_train_function = lambda force=False, m=model: keras.Model.make_train_function(m, force)
+                xla_runs.use_keras_train_function(model)
             else:
                 model.steps_per_xla_program = variant
             start = time.perf_counter()
             model.fit(dataset, steps_per_epoch=10, epochs=1, verbose=0)
             first[name, variant] = time.perf_counter() - start
-            runs[name, variant] = model
-    times = {key: [] for key in runs}
-    for round_ in range(args.rounds):
-        for key in list(runs) if round_ % 2 == 0 else list(runs)[::-1]:
-            timer = StepTimer()
-            runs[key].fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer])
-            times[key] += [seconds for _, seconds in timer.rows][1:]
+            runs[name, variant] = model, dataset
+    times = xla_runs.time_alternated(runs, args.rounds, args.steps)
     print(f"{args.rounds} alternated rounds of {args.steps} steps; load average {os.getloadavg()[0]:.1f}")
     print("| model | train function | steps per XLA program | first execution (s) | steps/s |")
     print("| --- | --- | ---: | ---: | ---: |")
