@@ -108,18 +108,18 @@ def load_in_precision(model_dir, precision):
 
 
 def measure(model_dir, precision, test_data, check_data, epsilons, pgd_steps, restarts, seed):
-    """One row: the test ELBO in float32 (and in `precision`), the probe's clean and PGD accuracy in float32."""
-    from train import robustness_check
+    """One row: the test ELBO in float32 (and in `precision`), the probe's clean and PGD accuracy in float32,
+    measured as `benchmarks.robustness_ablations` measures its rows."""
+    from benchmarks import robustness_ablations
 
     model = load_in_precision(model_dir, REFERENCE)
     row = {"test": elbo_terms(model, test_data)}
     if precision != REFERENCE:
         row["test_own_precision"] = elbo_terms(load_in_precision(model_dir, precision), test_data)
-    check = robustness_check.quick_robustness(
-        lambda x: model(x, training=False), check_data, epsilons, pgd_steps, seed, restarts=restarts
+    row["accuracy"] = robustness_ablations.measure(
+        lambda x: model(x, training=False), check_data, epsilons, pgd_steps, restarts, seed, "dimension"
     )
-    row["accuracy"] = {"clean": check["clean"], **{f"{e:g}": a for e, a in check["pgd"].items()}}
-    row["attacked_examples"] = check["examples"]
+    row["attacked_examples"] = len(check_data[4])
     return row
 
 
