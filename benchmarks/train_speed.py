@@ -29,15 +29,18 @@ gives the project's steps/s over theirs. Without them that part is skipped, sayi
 
 Writes `--output`.md (the tables and the command) and `--output`.json (every round).
 
-`--profile_steps=N` profiles N steps of every configuration with TensorFlow's profiler instead (its
-framework op statistics, read as TensorBoard's profile plugin reads them) and writes where the step
-spends its time: op self time by op type and the most expensive ops, to `--output`.md and .json.
+`--profile_steps=N` profiles N steps of every configuration with TensorFlow's profiler instead and writes
+where the step spends its time to `--output`.md and .json: without XLA, op self time by op type and the
+most expensive ops (the framework op statistics, read as TensorBoard's profile plugin reads them); with
+XLA, the program's thunks by kind (`xla_breakdown`: matmuls, convolutions, random draws, the optimizer
+update, the rest) and the time between them and outside the programs.
 """
 
 import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -540,7 +543,11 @@ def measure(settings, labels):
 
 
 def profile(settings, labels, steps):
-    """Op self time of `steps` steps of each configuration, from TensorFlow's profiler (framework op stats)."""
+    """Where `steps` steps of each configuration spend their time, from TensorFlow's profiler.
+
+    Without XLA: the framework op statistics (each op's self time). With XLA the step is one program, which
+    those statistics do not break down: its thunks (each a dot, a fusion, ...) are, by `xla_breakdown`.
+    """
     import tempfile
 
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
@@ -548,45 +555,189 @@ def profile(settings, labels, steps):
     profiles = []
     for runner in _keras_runners(settings, labels)[0]:
         runner.run(2 * runner.steps_per_execution)  # traced (and compiled) outside the profile
+        unprofiled = runner.run(steps)  # the profiler's own cost, by comparison
         log_dir = tempfile.mkdtemp(prefix="train-speed-profile-")
         tf.profiler.experimental.start(log_dir)
         seconds = runner.run(steps)
         tf.profiler.experimental.stop()
         paths = [os.path.join(root, f) for root, _, files in os.walk(log_dir) for f in files
                  if f.endswith(".xplane.pb")]  # fmt: skip
-        table = json.loads(profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")[0])[0]
-        columns = [column["id"] for column in table["cols"]]
-        ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
-        ops = [op for op in ops if op["type"] != "IDLE"]
-        total = sum(op["total_self_time"] for op in ops)
         profiled = runner.executions(steps) * runner.steps_per_execution
-        by_type = {}
-        for op in ops:
-            by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["total_self_time"]
-        profiles.append({
+        entry = {
             "model": runner.label, "arch": runner.arch, "precision": runner.precision, "xla": runner.xla,
             "steps_per_execution": runner.steps_per_execution, "profiled_steps": profiled,
-            "seconds_per_step": float(np.mean(seconds)),
-            "busy_ms_per_step": total / 1e3 / profiled,
-            "by_type": sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1]),
-            "top_ops": [(op["operation"], op["type"], op["total_self_time"] / total)
-                        for op in sorted(ops, key=lambda op: -op["total_self_time"])[:8]],
-        })  # fmt: skip
+            "seconds_per_step": float(np.mean(seconds)), "unprofiled_seconds_per_step": float(np.mean(unprofiled)),
+        }  # fmt: skip
+        if runner.xla == "on":
+            entry["xla_breakdown"] = xla_breakdown(_xspaces(paths), runner.model.optimizer.name, profiled,
+                                                   entry["seconds_per_step"])  # fmt: skip
+        else:
+            table = json.loads(profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")[0])[0]
+            columns = [column["id"] for column in table["cols"]]
+            ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
+            ops = [op for op in ops if op["type"] != "IDLE"]
+            total = sum(op["total_self_time"] for op in ops)
+            by_type = {}
+            for op in ops:
+                by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["total_self_time"]
+            entry.update({
+                "busy_ms_per_step": total / 1e3 / profiled,
+                "by_type": sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1]),
+                "top_ops": [(op["operation"], op["type"], op["total_self_time"] / total)
+                            for op in sorted(ops, key=lambda op: -op["total_self_time"])[:8]],
+            })  # fmt: skip
+        profiles.append(entry)
         print(f"profiled {runner.label} {runner.key}", flush=True)
     return profiles
+
+
+def _xspaces(paths):
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    spaces = []
+    for path in paths:
+        with open(path, "rb") as f:
+            spaces.append(xplane_pb2.XSpace.FromString(f.read()))
+    return spaces
+
+
+def union_length(intervals):
+    """Length covered by (start, end) intervals, overlaps counted once (threads run thunks side by side)."""
+    covered, end = 0.0, -np.inf
+    for start, stop in sorted(intervals):
+        if stop > end:
+            covered += stop - max(start, end)
+            end = stop
+    return covered
+
+
+# Kinds of XLA thunks, in the order they are told apart: by the opcodes of the instruction and of the
+# computations it calls (a fusion around a dot is a matmul), by the TensorFlow ops they came from (a fusion
+# that draws random numbers is a draw), then by the TensorFlow op of the thunk (the optimizer's scope).
+XLA_KINDS = ("matmuls", "convolutions", "random draws", "optimizer update", "other element-wise and reductions")
+# Thunks that run other thunks (a loop's body, a branch): their events span their children's, not counted.
+_XLA_CONTROL_FLOW = ("while", "conditional", "call")
+
+
+def _thunk_kinds(spaces, optimizer_name):
+    """{(HLO module, instruction): kind} for the XLA programs the profile captured (their HloProtos)."""
+    from tensorflow.compiler.xla.service import hlo_pb2
+
+    optimizer_scope = re.compile(rf"^{re.escape(optimizer_name)}(_\d+)?/")
+    kinds = {}
+    for space in spaces:
+        for plane in space.planes:
+            if plane.name != "/host:metadata":
+                continue
+            for metadata in plane.event_metadata.values():
+                for stat in metadata.stats:
+                    module = hlo_pb2.HloProto.FromString(stat.bytes_value).hlo_module
+                    computations = {c.id: c for c in module.computations}
+
+                    def inside(instruction):
+                        """The instruction and every instruction of the computations it calls (a fusion's)."""
+                        found = [instruction]
+                        for called in instruction.called_computation_ids:
+                            for inner in computations[called].instructions:
+                                found += inside(inner)
+                        return found
+
+                    for computation in module.computations:
+                        for instruction in computation.instructions:
+                            if instruction.opcode in _XLA_CONTROL_FLOW:
+                                kinds[module.name, instruction.name] = None  # its body's thunks are traced
+                                continue
+                            found = inside(instruction)
+                            opcodes = {i.opcode for i in found}
+                            if "dot" in opcodes:
+                                kind = "matmuls"
+                            elif "convolution" in opcodes:
+                                kind = "convolutions"
+                            elif "rng-bit-generator" in opcodes or any("Random" in i.metadata.op_type for i in found):
+                                kind = "random draws"  # drawing bits costs far more than what is fused with it
+                            elif optimizer_scope.match(instruction.metadata.op_name):
+                                kind = "optimizer update"
+                            else:
+                                kind = XLA_KINDS[-1]
+                            kinds[module.name, instruction.name] = kind
+    return kinds
+
+
+def xla_breakdown(spaces, optimizer_name, profiled_steps, seconds_per_step):
+    """Milliseconds per step in each kind of XLA thunk, in the programs, and outside them.
+
+    A thunk is one event of the profiler's host trace carrying an `hlo_op` and `hlo_module` stat; a program
+    is a `CpuExecutable::ExecuteAsyncOnStream` event. Intervals of one kind are merged across threads, so
+    thunks running side by side count once. `seconds_per_step` is the step as the timer saw it (its whole
+    execution): what is not in a program is the execution's loop, the input pipeline, the callbacks.
+    """
+    kinds = _thunk_kinds(spaces, optimizer_name)
+    intervals = {kind: [] for kind in XLA_KINDS}
+    programs, unknown = [], set()
+    for space in spaces:
+        for plane in space.planes:
+            if plane.name != "/host:CPU":
+                continue
+            stat_names = {key: value.name for key, value in plane.stat_metadata.items()}
+            for line in plane.lines:
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    start = line.timestamp_ns * 1000 + event.offset_ps  # exact integer picoseconds
+                    interval = (start, start + event.duration_ps)
+                    if name == "CpuExecutable::ExecuteAsyncOnStream":
+                        programs.append(interval)
+                        continue
+                    stats = {stat_names.get(stat.metadata_id): stat for stat in event.stats}
+                    if "hlo_op" not in stats or "hlo_module" not in stats:
+                        continue
+                    module = stat_names.get(stats["hlo_module"].ref_value, stats["hlo_module"].str_value)
+                    kind = kinds.get((module, name), "unknown")
+                    if kind == "unknown":
+                        unknown.add(name)
+                    elif kind is not None:
+                        intervals[kind].append(interval)
+    if unknown:
+        print(f"XLA thunks of no captured module, left out: {', '.join(sorted(unknown)[:5])}", flush=True)
+    per_step = 1e-9 / profiled_steps  # milliseconds per step from picoseconds
+    in_programs = union_length(programs)
+    in_thunks = union_length([i for kind in XLA_KINDS for i in intervals[kind]])
+    return {
+        "step_ms": 1e3 * seconds_per_step,
+        "in_programs_ms": in_programs * per_step,
+        "kinds_ms": {kind: union_length(intervals[kind]) * per_step for kind in XLA_KINDS},
+        "between_thunks_ms": (in_programs - in_thunks) * per_step,
+    }
 
 
 def profile_markdown(result):
     lines = ["# Where a training step spends its time (TensorFlow profiler)", "",
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; oneDNN kernels "
-             f"{'on' if result['machine']['onednn'] else 'off'}. Self time of each op (its own kernel time, "
-             "children excluded) over the profiled steps, as a share of the step's busy time (the profiler's idle "
-             "time left out). An XLA-compiled step is not broken down into TensorFlow ops: profile with XLA off "
-             "to see them.", ""]  # fmt: skip
+             f"{'on' if result['machine']['onednn'] else 'off'}. Without XLA: the self time of each op (its own "
+             "kernel time, children excluded) over the profiled steps, as a share of the step's busy time (the "
+             "profiler's idle time left out). With XLA: the time of the program's thunks by kind, intervals of a "
+             "kind merged across threads (`xla_breakdown`): matmuls and convolutions are the thunks that run a dot "
+             "or a convolution (with what XLA fused into them), random draws those that draw (with what is fused "
+             "into them), the optimizer update those from the optimizer's ops. Thunks of different kinds can run "
+             "side by side, each counted, so the kinds can add up to more than the program's time; `between "
+             "thunks` is the program's time in none of them (launching, waiting for threads). The "
+             "profiler slows the steps (each thunk is traced): both step times are given.", ""]  # fmt: skip
     for entry in result["profiles"]:
-        lines += [f"## {entry['model']}, {entry['arch']}, {entry['precision']}, XLA {entry['xla']}",
-                  "", f"{entry['profiled_steps']} steps, {entry['seconds_per_step'] * 1e3:.0f} ms per step under the "
-                  f"profiler; op self time summed over threads: {entry['busy_ms_per_step']:.0f} ms per step.", "",
+        lines += [f"## {entry['model']}, {entry['arch']}, {entry['precision']}, XLA {entry['xla']}", "",
+                  f"{entry['profiled_steps']} steps, {entry['seconds_per_step'] * 1e3:.2f} ms per step under the "
+                  f"profiler, {entry['unprofiled_seconds_per_step'] * 1e3:.2f} without.", ""]  # fmt: skip
+        if "xla_breakdown" in entry:
+            x = entry["xla_breakdown"]
+            lines += ["| where | ms per step | share of the time in XLA programs |", "|---|---:|---:|"]
+            for kind, ms in [*x["kinds_ms"].items(), ("between thunks", x["between_thunks_ms"])]:
+                lines.append(f"| {kind} | {ms:.2f} | {100 * ms / x['in_programs_ms']:.1f} % |")
+            lines += [f"| in XLA programs, all | {x['in_programs_ms']:.2f} | 100 % |",
+                      f"| outside them (the execution's loop, data, callbacks) | {x['step_ms'] - x['in_programs_ms']:.2f} | |", ""]  # fmt: skip
+            arithmetic = x["kinds_ms"]["matmuls"] + x["kinds_ms"]["convolutions"]
+            if arithmetic:
+                lines += [f"Were all but its matmuls and convolutions free, this step would run at most "
+                          f"{1e3 / arithmetic:.0f} steps/s (at {x['step_ms']:.2f} ms: {1e3 / x['step_ms']:.0f}).", ""]  # fmt: skip
+            continue
+        lines += [f"Op self time summed over threads: {entry['busy_ms_per_step']:.0f} ms per step.", "",
                   "| op type | share of busy time |", "|---|---:|"]  # fmt: skip
         lines += [f"| {op_type} | {100 * share:.1f} % |" for op_type, share in entry["by_type"][:10]]
         lines += ["", "| most expensive ops | type | share |", "|---|---|---:|"]

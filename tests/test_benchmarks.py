@@ -96,3 +96,61 @@ def test_an_unknown_precision_is_refused_naming_the_choices():
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode != 0
     assert "unknown precision(s) ['float16']; choose from mixed_bfloat16, mixed_float16" in run.stderr
+
+
+def test_union_length_counts_overlapping_thunks_once():
+    from benchmarks import train_speed
+
+    assert train_speed.union_length([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0)]) == 4.0
+    assert train_speed.union_length([(0, 10), (2, 3), (9, 12), (12, 13)]) == 13
+    assert train_speed.union_length([]) == 0.0
+
+
+def test_the_flops_of_the_mlp_vae_step_are_its_forward_pass_three_times_less_the_first_input_gradient():
+    import tensorflow as tf
+
+    from benchmarks import train_speed
+    from train import loop
+
+    model = loop.build_model("vae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="mlp", latent_dim=64)
+    pixels, hidden, latent, batch = 28 * 28 * 3, 200, 64, 64
+    forward = batch * (pixels * hidden + 3 * hidden**2 + 2 * hidden * latent  # encoder with its two heads
+                       + latent * hidden + 3 * hidden**2 + hidden * pixels)  # decoder  # fmt: skip
+    # Backward: a weight gradient per matmul, an input gradient for all but the first (the images').
+    expected = 2 * (3 * forward - batch * pixels * hidden)
+    assert train_speed.step_flops(model, tf.TensorSpec([batch, 28, 28, 3], tf.float32)) == expected == 407_961_600
+
+
+def test_the_xla_breakdown_finds_a_programs_matmul_optimizer_and_random_thunks(tmp_path):
+    import tensorflow as tf
+
+    from benchmarks import train_speed
+
+    weights = tf.Variable(tf.random.uniform([512, 512], seed=1))
+
+    @tf.function(jit_compile=True)
+    def step(x, seed):
+        y = tf.matmul(x, weights)
+        noise = tf.random.stateless_uniform([512], seed)
+        with tf.name_scope("adam"):
+            weights.assign_sub(1e-3 * tf.tanh(weights))
+        return tf.reduce_sum(y * noise)
+
+    x = tf.random.uniform([512, 512], seed=2)
+    step(x, tf.constant([0, 0])).numpy()  # compiled outside the profile
+    tf.profiler.experimental.start(str(tmp_path))
+    for i in range(5):
+        step(x, tf.constant([0, i])).numpy()
+    tf.profiler.experimental.stop()
+    paths = glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)
+    breakdown = train_speed.xla_breakdown(train_speed._xspaces(paths), "adam", 5, 0.1)
+    kinds = breakdown["kinds_ms"]
+    assert set(kinds) == set(train_speed.XLA_KINDS)
+    assert kinds["matmuls"] > 0 and kinds["optimizer update"] > 0 and kinds["random draws"] > 0
+    assert kinds["convolutions"] == 0
+    # A 512^3 matmul is far more work than an element-wise update of its 512^2 weights.
+    assert kinds["matmuls"] > kinds["optimizer update"]
+    # Thunks of different kinds may run side by side (each counts), those of one kind count once.
+    assert all(ms <= breakdown["in_programs_ms"] for ms in kinds.values())
+    assert 0 <= breakdown["between_thunks_ms"] < breakdown["in_programs_ms"]
+    assert breakdown["step_ms"] == 100.0
