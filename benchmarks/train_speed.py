@@ -619,6 +619,32 @@ XLA_KINDS = ("matmuls", "convolutions", "random draws", "optimizer update", "oth
 _XLA_CONTROL_FLOW = ("while", "conditional", "call")
 
 
+def _with_called(instruction, computations):
+    """The instruction and every instruction of the computations it calls (a fusion's body)."""
+    found = [instruction]
+    for called in instruction.called_computation_ids:
+        for inner in computations[called].instructions:
+            found += _with_called(inner, computations)
+    return found
+
+
+def _thunk_kind(instruction, computations, optimizer_scope):
+    """The kind (XLA_KINDS) of an HLO instruction's thunk; None for control flow, whose children are traced."""
+    if instruction.opcode in _XLA_CONTROL_FLOW:
+        return None
+    found = _with_called(instruction, computations)
+    opcodes = {i.opcode for i in found}
+    if "dot" in opcodes:
+        return "matmuls"
+    if "convolution" in opcodes:
+        return "convolutions"
+    if "rng-bit-generator" in opcodes or any("Random" in i.metadata.op_type for i in found):
+        return "random draws"  # drawing the bits costs far more than what is fused with them
+    if optimizer_scope.match(instruction.metadata.op_name):
+        return "optimizer update"
+    return XLA_KINDS[-1]
+
+
 def _thunk_kinds(spaces, optimizer_name):
     """{(HLO module, instruction): kind} for the XLA programs the profile captured (their HloProtos)."""
     from tensorflow.compiler.xla.service import hlo_pb2
@@ -633,33 +659,10 @@ def _thunk_kinds(spaces, optimizer_name):
                 for stat in metadata.stats:
                     module = hlo_pb2.HloProto.FromString(stat.bytes_value).hlo_module
                     computations = {c.id: c for c in module.computations}
-
-                    def inside(instruction):
-                        """The instruction and every instruction of the computations it calls (a fusion's)."""
-                        found = [instruction]
-                        for called in instruction.called_computation_ids:
-                            for inner in computations[called].instructions:
-                                found += inside(inner)
-                        return found
-
                     for computation in module.computations:
                         for instruction in computation.instructions:
-                            if instruction.opcode in _XLA_CONTROL_FLOW:
-                                kinds[module.name, instruction.name] = None  # its body's thunks are traced
-                                continue
-                            found = inside(instruction)
-                            opcodes = {i.opcode for i in found}
-                            if "dot" in opcodes:
-                                kind = "matmuls"
-                            elif "convolution" in opcodes:
-                                kind = "convolutions"
-                            elif "rng-bit-generator" in opcodes or any("Random" in i.metadata.op_type for i in found):
-                                kind = "random draws"  # drawing bits costs far more than what is fused with it
-                            elif optimizer_scope.match(instruction.metadata.op_name):
-                                kind = "optimizer update"
-                            else:
-                                kind = XLA_KINDS[-1]
-                            kinds[module.name, instruction.name] = kind
+                            kinds[module.name, instruction.name] = _thunk_kind(instruction, computations,
+                                                                               optimizer_scope)  # fmt: skip
     return kinds
 
 

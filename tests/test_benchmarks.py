@@ -154,3 +154,34 @@ def test_the_xla_breakdown_finds_a_programs_matmul_optimizer_and_random_thunks(t
     assert all(ms <= breakdown["in_programs_ms"] for ms in kinds.values())
     assert 0 <= breakdown["between_thunks_ms"] < breakdown["in_programs_ms"]
     assert breakdown["step_ms"] == 100.0
+
+
+def test_a_thunk_is_told_apart_by_what_it_fuses_then_by_its_tensorflow_op():
+    import re
+
+    from tensorflow.compiler.xla.service import hlo_pb2
+
+    from benchmarks import train_speed
+
+    def instruction(opcode, op_name="", op_type="", calls=()):
+        proto = hlo_pb2.HloInstructionProto(opcode=opcode, called_computation_ids=list(calls))
+        proto.metadata.op_name, proto.metadata.op_type = op_name, op_type
+        return proto
+
+    computations = {
+        1: hlo_pb2.HloComputationProto(id=1, instructions=[instruction("parameter"), instruction("dot")]),
+        2: hlo_pb2.HloComputationProto(id=2, instructions=[
+            instruction("add"), instruction("multiply", op_type="StatelessRandomUniformV2")]),
+        3: hlo_pb2.HloComputationProto(id=3, instructions=[instruction("fusion", calls=[1])]),
+    }  # fmt: skip
+    scope = re.compile(r"^adam(_\d+)?/")
+
+    def kind(*args, **kwargs):
+        return train_speed._thunk_kind(instruction(*args, **kwargs), computations, scope)
+
+    assert kind("fusion", op_name="adam_3/AssignSubVariableOp", calls=[1]) == "matmuls"  # the dot, though in adam
+    assert kind("fusion", op_name="adam/Mul", calls=[2]) == "random draws"
+    assert kind("fusion", op_name="adam_3/AssignSubVariableOp", calls=[]) == "optimizer update"
+    assert kind("fusion", op_name="adamax/Mul") == "other element-wise and reductions"
+    assert kind("convolution") == "convolutions"
+    assert kind("while", calls=[3]) is None  # its body's thunks are counted, not the loop's span
