@@ -550,8 +550,6 @@ def profile(settings, labels, steps):
     """
     import tempfile
 
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
-
     profiles = []
     for runner in _keras_runners(settings, labels)[0]:
         runner.run(2 * runner.steps_per_execution)  # traced (and compiled) outside the profile
@@ -572,23 +570,35 @@ def profile(settings, labels, steps):
             entry["xla_breakdown"] = xla_breakdown(_xspaces(paths), runner.model.optimizer.name, profiled,
                                                    entry["seconds_per_step"])  # fmt: skip
         else:
-            table = json.loads(profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")[0])[0]
-            columns = [column["id"] for column in table["cols"]]
-            ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
-            ops = [op for op in ops if op["type"] != "IDLE"]
-            total = sum(op["total_self_time"] for op in ops)
-            by_type = {}
-            for op in ops:
-                by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["total_self_time"]
-            entry.update({
-                "busy_ms_per_step": total / 1e3 / profiled,
-                "by_type": sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1]),
-                "top_ops": [(op["operation"], op["type"], op["total_self_time"] / total)
-                            for op in sorted(ops, key=lambda op: -op["total_self_time"])[:8]],
-            })  # fmt: skip
+            entry.update(_framework_op_stats(paths, profiled))
         profiles.append(entry)
         print(f"profiled {runner.label} {runner.key}", flush=True)
     return profiles
+
+
+def _framework_op_stats(paths, profiled_steps):
+    """Busy time per step, and each op type's and the costliest ops' share of it (their self time)."""
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
+
+    table = json.loads(profiler_plugin.xspace_to_tools_data(paths, "framework_op_stats")[0])[0]
+    columns = [column["id"] for column in table["cols"]]
+    ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
+    ops = [op for op in ops if op["type"] != "IDLE"]
+    total = sum(op["total_self_time"] for op in ops)
+    by_type = {}
+    for op in ops:
+        by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["total_self_time"]
+    return {
+        "busy_ms_per_step": total / 1e3 / profiled_steps,
+        "by_type": sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1]),
+        "top_ops": [(op["operation"], op["type"], op["total_self_time"] / total)
+                    for op in sorted(ops, key=lambda op: -op["total_self_time"])[:8]],
+    }  # fmt: skip
+
+
+def _planes(spaces, name):
+    """The planes called `name` ("/host:CPU": the host trace; "/host:metadata": the captured HloProtos)."""
+    return [plane for space in spaces for plane in space.planes if plane.name == name]
 
 
 def _xspaces(paths):
@@ -650,19 +660,14 @@ def _thunk_kinds(spaces, optimizer_name):
     from tensorflow.compiler.xla.service import hlo_pb2
 
     optimizer_scope = re.compile(rf"^{re.escape(optimizer_name)}(_\d+)?/")
+    modules = [hlo_pb2.HloProto.FromString(stat.bytes_value).hlo_module for plane in _planes(spaces, "/host:metadata")
+               for metadata in plane.event_metadata.values() for stat in metadata.stats]  # fmt: skip
     kinds = {}
-    for space in spaces:
-        for plane in space.planes:
-            if plane.name != "/host:metadata":
-                continue
-            for metadata in plane.event_metadata.values():
-                for stat in metadata.stats:
-                    module = hlo_pb2.HloProto.FromString(stat.bytes_value).hlo_module
-                    computations = {c.id: c for c in module.computations}
-                    for computation in module.computations:
-                        for instruction in computation.instructions:
-                            kinds[module.name, instruction.name] = _thunk_kind(instruction, computations,
-                                                                               optimizer_scope)  # fmt: skip
+    for module in modules:
+        computations = {c.id: c for c in module.computations}
+        for computation in module.computations:
+            for instruction in computation.instructions:
+                kinds[module.name, instruction.name] = _thunk_kind(instruction, computations, optimizer_scope)
     return kinds
 
 
@@ -677,28 +682,25 @@ def xla_breakdown(spaces, optimizer_name, profiled_steps, seconds_per_step):
     kinds = _thunk_kinds(spaces, optimizer_name)
     intervals = {kind: [] for kind in XLA_KINDS}
     programs, unknown = [], set()
-    for space in spaces:
-        for plane in space.planes:
-            if plane.name != "/host:CPU":
-                continue
-            stat_names = {key: value.name for key, value in plane.stat_metadata.items()}
-            for line in plane.lines:
-                for event in line.events:
-                    name = plane.event_metadata[event.metadata_id].name
-                    start = line.timestamp_ns * 1000 + event.offset_ps  # exact integer picoseconds
-                    interval = (start, start + event.duration_ps)
-                    if name == "CpuExecutable::ExecuteAsyncOnStream":
-                        programs.append(interval)
-                        continue
-                    stats = {stat_names.get(stat.metadata_id): stat for stat in event.stats}
-                    if "hlo_op" not in stats or "hlo_module" not in stats:
-                        continue
-                    module = stat_names.get(stats["hlo_module"].ref_value, stats["hlo_module"].str_value)
-                    kind = kinds.get((module, name), "unknown")
-                    if kind == "unknown":
-                        unknown.add(name)
-                    elif kind is not None:
-                        intervals[kind].append(interval)
+    for plane in _planes(spaces, "/host:CPU"):
+        stat_names = {key: value.name for key, value in plane.stat_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                start = line.timestamp_ns * 1000 + event.offset_ps  # exact integer picoseconds
+                interval = (start, start + event.duration_ps)
+                if name == "CpuExecutable::ExecuteAsyncOnStream":
+                    programs.append(interval)
+                    continue
+                stats = {stat_names.get(stat.metadata_id): stat for stat in event.stats}
+                if "hlo_op" not in stats or "hlo_module" not in stats:
+                    continue
+                module = stat_names.get(stats["hlo_module"].ref_value, stats["hlo_module"].str_value)
+                kind = kinds.get((module, name), "unknown")
+                if kind == "unknown":
+                    unknown.add(name)
+                elif kind is not None:
+                    intervals[kind].append(interval)
     if unknown:
         print(f"XLA thunks of no captured module, left out: {', '.join(sorted(unknown)[:5])}", flush=True)
     per_step = 1e-9 / profiled_steps  # milliseconds per step from picoseconds
@@ -728,25 +730,32 @@ def profile_markdown(result):
         lines += [f"## {entry['model']}, {entry['arch']}, {entry['precision']}, XLA {entry['xla']}", "",
                   f"{entry['profiled_steps']} steps, {entry['seconds_per_step'] * 1e3:.2f} ms per step under the "
                   f"profiler, {entry['unprofiled_seconds_per_step'] * 1e3:.2f} without.", ""]  # fmt: skip
-        if "xla_breakdown" in entry:
-            x = entry["xla_breakdown"]
-            lines += ["| where | ms per step | share of the time in XLA programs |", "|---|---:|---:|"]
-            for kind, ms in [*x["kinds_ms"].items(), ("between thunks", x["between_thunks_ms"])]:
-                lines.append(f"| {kind} | {ms:.2f} | {100 * ms / x['in_programs_ms']:.1f} % |")
-            lines += [f"| in XLA programs, all | {x['in_programs_ms']:.2f} | 100 % |",
-                      f"| outside them (the execution's loop, data, callbacks) | {x['step_ms'] - x['in_programs_ms']:.2f} | |", ""]  # fmt: skip
-            arithmetic = x["kinds_ms"]["matmuls"] + x["kinds_ms"]["convolutions"]
-            if arithmetic:
-                lines += [f"Were all but its matmuls and convolutions free, this step would run at most "
-                          f"{1e3 / arithmetic:.0f} steps/s (at {x['step_ms']:.2f} ms: {1e3 / x['step_ms']:.0f}).", ""]  # fmt: skip
-            continue
-        lines += [f"Op self time summed over threads: {entry['busy_ms_per_step']:.0f} ms per step.", "",
-                  "| op type | share of busy time |", "|---|---:|"]  # fmt: skip
-        lines += [f"| {op_type} | {100 * share:.1f} % |" for op_type, share in entry["by_type"][:10]]
-        lines += ["", "| most expensive ops | type | share |", "|---|---|---:|"]
-        lines += [f"| `{name}` | {op_type} | {100 * share:.1f} % |" for name, op_type, share in entry["top_ops"]]
+        lines += _xla_lines(entry["xla_breakdown"]) if "xla_breakdown" in entry else _op_stats_lines(entry)
         lines.append("")
     return "\n".join(lines + runs.produced_by(result["command"]))
+
+
+def _xla_lines(x):
+    lines = ["| where | ms per step | share of the time in XLA programs |", "|---|---:|---:|"]
+    for kind, ms in [*x["kinds_ms"].items(), ("between thunks", x["between_thunks_ms"])]:
+        lines.append(f"| {kind} | {ms:.2f} | {100 * ms / x['in_programs_ms']:.1f} % |")
+    outside = x["step_ms"] - x["in_programs_ms"]
+    lines += [f"| in XLA programs, all | {x['in_programs_ms']:.2f} | 100 % |",
+              f"| outside them (the execution's loop, data, callbacks) | {outside:.2f} | |"]  # fmt: skip
+    arithmetic = x["kinds_ms"]["matmuls"] + x["kinds_ms"]["convolutions"]
+    if arithmetic:
+        lines += ["", f"Were all but its matmuls and convolutions free, this step would run at most "
+                  f"{1e3 / arithmetic:.0f} steps/s (at {x['step_ms']:.2f} ms: {1e3 / x['step_ms']:.0f})."]  # fmt: skip
+    return lines
+
+
+def _op_stats_lines(entry):
+    lines = [f"Op self time summed over threads: {entry['busy_ms_per_step']:.0f} ms per step.", "",
+             "| op type | share of busy time |", "|---|---:|"]  # fmt: skip
+    lines += [f"| {op_type} | {100 * share:.1f} % |" for op_type, share in entry["by_type"][:10]]
+    lines += ["", "| most expensive ops | type | share |", "|---|---|---:|"]
+    lines += [f"| `{name}` | {op_type} | {100 * share:.1f} % |" for name, op_type, share in entry["top_ops"]]
+    return lines
 
 
 def summarise(runners, peak):
