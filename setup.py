@@ -46,8 +46,9 @@ setup(
             "foolbox==3.3.*",  # cross-checks the project's PGD
             "tensorflow-hub",
             "httpx",
+            "ruff~=0.17.0",  # .ci/run: ruff check and ruff format --check (pyproject.toml)
         ],
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
-        "jax": ["jax", "dm-haiku", "optax"],  # benchmarks/train_speed.py: the JAX/Haiku reference AVAE
+        "jax": ["jax", "dm-haiku", "optax"],  # benchmarks/speed/jax_reference.py: the JAX/Haiku reference AVAE
     },
 )

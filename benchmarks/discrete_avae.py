@@ -50,7 +50,8 @@ def define_flags():
     flags.DEFINE_integer("steps", 3000, "Full-batch Adam steps.", lower_bound=1)
     flags.DEFINE_float("learning_rate", 0.05, "Adam learning rate.")
     flags.DEFINE_bool(
-        "ablation", True,
+        "ablation",
+        True,
         "Also fit avae_fixed_delusions: the AVAE bound with the gradient through the delusions' distribution "
         "q~(z) p(x~|z) stopped as well (see zoo.toy.discrete.avae_terms).",
     )
@@ -133,10 +134,17 @@ def _fit_all(settings, seeds, model_names, on_fit=None):
     for seed in range(seeds):
         for name in model_names:
             objective, stop_gradient = MODELS[name]
-            model = dm.DiscreteVAE(settings["n_x"], settings["n_z"], settings["obs_spread"], seed, init=settings["init"])
+            model = dm.DiscreteVAE(
+                settings["n_x"], settings["n_z"], settings["obs_spread"], seed, init=settings["init"]
+            )
             trace = dm.fit(
-                model, pi, objective, nu_rho=settings["nu_rho"], steps=settings["steps"],
-                learning_rate=settings["learning_rate"], stop_gradient=stop_gradient,
+                model,
+                pi,
+                objective,
+                nu_rho=settings["nu_rho"],
+                steps=settings["steps"],
+                learning_rate=settings["learning_rate"],
+                stop_gradient=stop_gradient,
             )
             summary = dm.summarise(model, pi, settings["nu_rho"])
             summary["seed"] = seed
@@ -193,12 +201,16 @@ def _markdown(result):
         cells = [f"{agg[name][k]['mean']:.3f} +- {agg[name][k]['sd']:.3f}" for k, _ in TABLE_KEYS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ref = result["identity_reference"]
-    lines.append("| identity tables (reference, not fitted) | " + " | ".join(f"{ref[k]:.3f}" for k, _ in TABLE_KEYS) + " |")
+    lines.append(
+        "| identity tables (reference, not fitted) | " + " | ".join(f"{ref[k]:.3f}" for k, _ in TABLE_KEYS) + " |"
+    )
     lines += [
         "",
         "B_AVAE (eq. 10, up to its constant) of the fitted models: "
-        + ", ".join(f"{name} {agg[name]['avae_bound']['mean']:.2f} +- {agg[name]['avae_bound']['sd']:.2f}"
-                    for name in result["models"])
+        + ", ".join(
+            f"{name} {agg[name]['avae_bound']['mean']:.2f} +- {agg[name]['avae_bound']['sd']:.2f}"
+            for name in result["models"]
+        )
         + f" (best seed of avae: {max(r['avae_bound'] for r in result['models']['avae']):.2f})"
         + f"; of the identity tables: {ref['avae_bound']:.2f}.",
     ]
@@ -216,8 +228,7 @@ def _markdown(result):
         for row in result["sweep"]:
             change = ", ".join(f"{k} = {v}" for k, v in row["change"].items())
             cells = [
-                " / ".join(f"{row['aggregate'][name][k]['mean']:.2f}" for k in SWEEP_KEYS)
-                for name in result["models"]
+                " / ".join(f"{row['aggregate'][name][k]['mean']:.2f}" for k in SWEEP_KEYS) for name in result["models"]
             ]
             lines.append(f"| {change} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -231,22 +242,33 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     start = time.time()
     settings = {
-        "n_x": FLAGS.n_x, "n_z": FLAGS.n_z, "obs_spread": FLAGS.obs_spread, "nu_rho": FLAGS.nu_rho,
-        "n_samples": FLAGS.n_samples, "data_seed": FLAGS.data_seed, "init": FLAGS.init, "steps": FLAGS.steps,
+        "n_x": FLAGS.n_x,
+        "n_z": FLAGS.n_z,
+        "obs_spread": FLAGS.obs_spread,
+        "nu_rho": FLAGS.nu_rho,
+        "n_samples": FLAGS.n_samples,
+        "data_seed": FLAGS.data_seed,
+        "init": FLAGS.init,
+        "steps": FLAGS.steps,
         "learning_rate": FLAGS.learning_rate,
     }
     model_names = ["vae", "avae"] + (["avae_fixed_delusions"] if FLAGS.ablation else [])
     figures = {}
 
     def on_fit(name, seed, model, summary, pi):
-        print(f"seed {seed} {name}: diag {summary['z_diagonal_mass']:.3f} +-1 {summary['z_band1_mass']:.3f} "
-              f"data-codes diag {summary['z_diagonal_mass_data_codes']:.3f} "
-              f"latents used {summary['data_codes_effective_number']:.1f} elbo {summary['elbo']:.3f}", flush=True)
+        print(
+            f"seed {seed} {name}: diag {summary['z_diagonal_mass']:.3f} +-1 {summary['z_band1_mass']:.3f} "
+            f"data-codes diag {summary['z_diagonal_mass_data_codes']:.3f} "
+            f"latents used {summary['data_codes_effective_number']:.1f} elbo {summary['elbo']:.3f}",
+            flush=True,
+        )
         if seed == 0:
             decoder, encoder = model.tables()
             figure = f"discrete_avae_{name}.png"
             _plot(
-                os.path.join(FLAGS.output_dir, figure), dm.figure3_panels(decoder, encoder), pi,
+                os.path.join(FLAGS.output_dir, figure),
+                dm.figure3_panels(decoder, encoder),
+                pi,
                 dm.model_marginal(decoder).numpy(),
                 f"{name}: diagonal mass of Q(Z|Z')p(Z') = {summary['z_diagonal_mass']:.2f}, "
                 f"within +-1 = {summary['z_band1_mass']:.2f}; on data codes = "
@@ -258,8 +280,15 @@ def main(argv):
     aggregate = _aggregate(per_seed)
     # Reference, not fitted: identity tables g(z) = z, mu(x) = x with a sharp encoder (sigma = 0.002), i.e. a
     # decoder that spreads the latents over the whole circle and an encoder that inverts it.
-    identity = dm.DiscreteVAE(settings["n_x"], settings["n_z"], settings["obs_spread"], 0, init="smooth",
-                              init_jitter=0.0, init_encoder_spread=0.002)
+    identity = dm.DiscreteVAE(
+        settings["n_x"],
+        settings["n_z"],
+        settings["obs_spread"],
+        0,
+        init="smooth",
+        init_jitter=0.0,
+        init_encoder_spread=0.002,
+    )
     reference = dm.summarise(identity, pi, settings["nu_rho"])
     sweep = []
     if FLAGS.sweep:
@@ -267,11 +296,15 @@ def main(argv):
             print(f"sweep: {change}", flush=True)
             rows, _ = _fit_all({**settings, **change}, FLAGS.sweep_seeds, model_names)
             sweep.append({"change": change, "aggregate": _aggregate(rows)})
-    settings.update({
-        "data_support": int((pi > 0).sum()), "seeds": FLAGS.seeds, "sweep_seeds": FLAGS.sweep_seeds,
-        "optimizer": "full-batch Adam (0.9, 0.999, 1e-8), learning rate cosine-decayed to 0",
-        "wall_clock_seconds": round(time.time() - start, 1),
-    })
+    settings.update(
+        {
+            "data_support": int((pi > 0).sum()),
+            "seeds": FLAGS.seeds,
+            "sweep_seeds": FLAGS.sweep_seeds,
+            "optimizer": "full-batch Adam (0.9, 0.999, 1e-8), learning rate cosine-decayed to 0",
+            "wall_clock_seconds": round(time.time() - start, 1),
+        }
+    )
     result = {
         "command": ("python -m benchmarks.discrete_avae " + " ".join(sys.argv[1:])).strip(),
         "settings": settings,
@@ -293,6 +326,7 @@ def main(argv):
 
 def _note(settings, agg, ref, sweep, per_seed):
     """The reading of the numbers, with the numbers of this run filled in."""
+
     def m(name, key):
         return agg[name][key]["mean"]
 
@@ -309,9 +343,9 @@ def _note(settings, agg, ref, sweep, per_seed):
     text = f"""\
 **The paper's Figure 3 contrast does not reproduce with the paper's objective.** Weighted by the prior p(Z') as
 in Figure 3, the AVAE's latent transition Q(Z|Z')p(Z') is *less* concentrated on the diagonal than the VAE's
-({m('avae', 'z_diagonal_mass'):.2f} vs {m('vae', 'z_diagonal_mass'):.2f} on the diagonal,
-{m('avae', 'z_band1_mass'):.2f} vs {m('vae', 'z_band1_mass'):.2f} within +-1 step) and less symmetric
-(TV asymmetry {m('avae', 'z_joint_asymmetry_tv'):.2f} vs {m('vae', 'z_joint_asymmetry_tv'):.2f})."""
+({m("avae", "z_diagonal_mass"):.2f} vs {m("vae", "z_diagonal_mass"):.2f} on the diagonal,
+{m("avae", "z_band1_mass"):.2f} vs {m("vae", "z_band1_mass"):.2f} within +-1 step) and less symmetric
+(TV asymmetry {m("avae", "z_joint_asymmetry_tv"):.2f} vs {m("vae", "z_joint_asymmetry_tv"):.2f})."""
     if sweep:
         text += f""" In the sensitivity table the AVAE is
 below the VAE on the diagonal in {len(sweep) - len(exceptions)} of {len(sweep)} one-change variations"""
@@ -323,36 +357,36 @@ encoder off the data support is still its random initialisation (rows of q(Z|X) 
 gradient from the ELBO), the non-smooth encoder of the paper's Figure 8.
 
 What the AVAE bound does instead: the round trip of the *data's* codes becomes almost exact (diagonal mass
-{m('avae', 'z_diagonal_mass_data_codes'):.2f} vs {m('vae', 'z_diagonal_mass_data_codes'):.2f} when Z' is drawn
+{m("avae", "z_diagonal_mass_data_codes"):.2f} vs {m("vae", "z_diagonal_mass_data_codes"):.2f} when Z' is drawn
 from q~(Z') = sum_x pi(x) q(Z'|x)), and it gets there by routing all data through a few latents: exp H[q~(Z)] =
-{m('avae', 'data_codes_effective_number'):.1f} of {settings['n_z']} latents vs
-{m('vae', 'data_codes_effective_number'):.1f} for the VAE, at a large cost in ELBO
-({m('avae', 'elbo'):.2f} vs {m('vae', 'elbo'):.2f}) and data log-likelihood
-({m('avae', 'data_log_likelihood'):.2f} vs {m('vae', 'data_log_likelihood'):.2f}). The extra terms of eq. (10)
+{m("avae", "data_codes_effective_number"):.1f} of {settings["n_z"]} latents vs
+{m("vae", "data_codes_effective_number"):.1f} for the VAE, at a large cost in ELBO
+({m("avae", "elbo"):.2f} vs {m("vae", "elbo"):.2f}) and data log-likelihood
+({m("avae", "data_log_likelihood"):.2f} vs {m("vae", "data_log_likelihood"):.2f}). The extra terms of eq. (10)
 are weighted by q~(z), so latents the data are not encoded to get no gradient from them; their decoder rows stay
 wherever training left them and their delusions are encoded anywhere, and Figure 3's panel weights exactly those
 latents by the uniform prior. The bound rates such collapsed solutions above a diagonal one: identity tables (decoder
-spreading the latents over the circle, sharp inverse encoder) reach {ref['z_diagonal_mass']:.2f} on the diagonal
-and {ref['z_band1_mass']:.2f} within +-1 but have B_AVAE = {ref['avae_bound']:.2f}, below the best fitted AVAE
+spreading the latents over the circle, sharp inverse encoder) reach {ref["z_diagonal_mass"]:.2f} on the diagonal
+and {ref["z_band1_mass"]:.2f} within +-1 but have B_AVAE = {ref["avae_bound"]:.2f}, below the best fitted AVAE
 ({best:.2f}; {above} of {n_seeds} seeds above the identity), and started next to the identity (`init = smooth` in
 the sensitivity table) the AVAE still collapses. The optimisation is not clean either: the fitted bounds range
-from {worst:.2f} to {best:.2f} over seeds, i.e. there are poor local optima. With nu_rho = {settings['nu_rho']:g}
+from {worst:.2f} to {best:.2f} over seeds, i.e. there are poor local optima. With nu_rho = {settings["nu_rho"]:g}
 a one-step error of the round trip costs (1 - cos(2 pi / N_z)) / nu_rho = {one_step_cost:.0f} nats, while the
-decoder noise (v = {settings['obs_spread']:g}) makes such errors unavoidable for a decoder that uses every latent,
+decoder noise (v = {settings["obs_spread"]:g}) makes such errors unavoidable for a decoder that uses every latent,
 so trading a few nats of ELBO for exact round trips on a few latents wins."""
     if "avae_fixed_delusions" in agg:
         text += f"""
 
 Ablation (not the paper's objective): also holding the distribution of the delusions q~(z) p(x~|z) constant in
 the gradient, so that the extra terms only teach the encoder to map each delusion back to the latent it came
-from, gives the paper's qualitative picture in part: diagonal {m('avae_fixed_delusions', 'z_diagonal_mass'):.2f}
-and +-1 {m('avae_fixed_delusions', 'z_band1_mass'):.2f} vs the VAE's {m('vae', 'z_diagonal_mass'):.2f} /
-{m('vae', 'z_band1_mass'):.2f}, a smooth encoder and a near-diagonal, more symmetric Q(X'|X)p(X) (asymmetry
-{m('avae_fixed_delusions', 'x_joint_asymmetry_tv'):.2f} vs {m('vae', 'x_joint_asymmetry_tv'):.2f}), at a cost
-of {m('vae', 'elbo') - m('avae_fixed_delusions', 'elbo'):.2f} nats of ELBO. It remains far from an identity because
+from, gives the paper's qualitative picture in part: diagonal {m("avae_fixed_delusions", "z_diagonal_mass"):.2f}
+and +-1 {m("avae_fixed_delusions", "z_band1_mass"):.2f} vs the VAE's {m("vae", "z_diagonal_mass"):.2f} /
+{m("vae", "z_band1_mass"):.2f}, a smooth encoder and a near-diagonal, more symmetric Q(X'|X)p(X) (asymmetry
+{m("avae_fixed_delusions", "x_joint_asymmetry_tv"):.2f} vs {m("vae", "x_joint_asymmetry_tv"):.2f}), at a cost
+of {m("vae", "elbo") - m("avae_fixed_delusions", "elbo"):.2f} nats of ELBO. It remains far from an identity because
 the decoder, trained by the ELBO alone on a sparse data set, maps runs of latents to the same X: no encoder could put
-more than {m('avae_fixed_delusions', 'z_diagonal_mass_best_encoder'):.2f} on the diagonal with its decoder (the
-exact posterior of that decoder: {m('avae_fixed_delusions', 'z_diagonal_mass_exact_posterior'):.2f}). Its Z-joint
+more than {m("avae_fixed_delusions", "z_diagonal_mass_best_encoder"):.2f} on the diagonal with its decoder (the
+exact posterior of that decoder: {m("avae_fixed_delusions", "z_diagonal_mass_exact_posterior"):.2f}). Its Z-joint
 is also less symmetric than the VAE's."""
     text += """
 

@@ -151,8 +151,15 @@ def _plot(path, result, steps):
         k = result["kernels"][name]
         label = "Q(X'|X)" if name == "x_kernel" else "Q(Z'|Z)"
         ax.scatter(k["closed_form_mean"], k["monte_carlo_mean"], marker=marker, s=22, label=f"{label} mean")
-        ax.scatter(np.ravel(k["closed_form_cov"]), np.ravel(k["monte_carlo_cov"]), marker=marker, s=22,
-                   facecolors="none", edgecolors="k" if name == "x_kernel" else "C3", label=f"{label} covariance")
+        ax.scatter(
+            np.ravel(k["closed_form_cov"]),
+            np.ravel(k["monte_carlo_cov"]),
+            marker=marker,
+            s=22,
+            facecolors="none",
+            edgecolors="k" if name == "x_kernel" else "C3",
+            label=f"{label} covariance",
+        )
     lims = ax.get_xlim()
     ax.plot(lims, lims, color="0.5", lw=1, zorder=0)
     ax.set_xlabel("closed form (appendix B)")
@@ -169,12 +176,19 @@ def _plot(path, result, steps):
         ax.plot(ts, run["w2_closed_form"], color=f"C{i}", label=label)
         mc_t = [int(t) for t in run["w2_monte_carlo"]]
         ax.plot(mc_t, list(run["w2_monte_carlo"].values()), "x", color=f"C{i}")
-    ax.axhline(result["chains"]["monte_carlo_floor_w2"], color="0.6", ls=":", lw=1,
-               label="Monte Carlo floor (fresh draws of p(X))")
+    ax.axhline(
+        result["chains"]["monte_carlo_floor_w2"],
+        color="0.6",
+        ls=":",
+        lw=1,
+        label="Monte Carlo floor (fresh draws of p(X))",
+    )
     ax.set_xlabel("encode-decode step t")
     ax.set_ylabel("W2(marginal of x_t, p(X))")
-    ax.set_title(f"chains started in p(X), v = {result['settings']['obs_var']:g}\n"
-                 "(lines: closed form; x: Monte Carlo chains)", fontsize=10)
+    ax.set_title(
+        f"chains started in p(X), v = {result['settings']['obs_var']:g}\n(lines: closed form; x: Monte Carlo chains)",
+        fontsize=10,
+    )
     ax.legend(fontsize=7)
 
     ax = axes[2]
@@ -286,9 +300,15 @@ def main(argv):
     result = {
         "command": ("python -m benchmarks.ppca_chains " + " ".join(sys.argv[1:])).strip(),
         "settings": {
-            "obs_dim": FLAGS.obs_dim, "latent_dim": FLAGS.latent_dim, "obs_var": FLAGS.obs_var,
-            "mc_samples": FLAGS.mc_samples, "chains": FLAGS.chains, "chain_steps": FLAGS.chain_steps,
-            "perturbations": sizes, "seed": FLAGS.seed, "wall_clock_seconds": round(time.time() - start, 1),
+            "obs_dim": FLAGS.obs_dim,
+            "latent_dim": FLAGS.latent_dim,
+            "obs_var": FLAGS.obs_var,
+            "mc_samples": FLAGS.mc_samples,
+            "chains": FLAGS.chains,
+            "chain_steps": FLAGS.chain_steps,
+            "perturbations": sizes,
+            "seed": FLAGS.seed,
+            "wall_clock_seconds": round(time.time() - start, 1),
         },
         "W": w.tolist(),
         "kernels": kernels,

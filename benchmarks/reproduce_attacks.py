@@ -55,37 +55,78 @@ MODELS = (
 )
 # The paper's MNIST rows: Table 1 (MS-SSIM at lambda 1/3/5, FID), Table 2 (ablation), Table 3 (lambda 1).
 PAPER = {
-    "VAE": {"latent_ref_vs_adv_recon": (0.55, 0.78, 0.89), "max_damage_recon": (0.64, 0.27, 0.08), "fid": 43.21,
-            "clean_accuracy": 92.16, "latent_attack_accuracy": 58.85},
+    "VAE": {
+        "latent_ref_vs_adv_recon": (0.55, 0.78, 0.89),
+        "max_damage_recon": (0.64, 0.27, 0.08),
+        "fid": 43.21,
+        "clean_accuracy": 92.16,
+        "latent_attack_accuracy": 58.85,
+    },
     "beta-VAE": {"latent_ref_vs_adv_recon": (0.52, 0.73, 0.86), "max_damage_recon": (0.65, 0.36, 0.22), "fid": 42.72},
-    "beta-TCVAE": {"latent_ref_vs_adv_recon": (0.53, 0.69, 0.83), "max_damage_recon": (0.73, 0.38, 0.28),
-                   "fid": 45.61, "clean_accuracy": 93.02, "latent_attack_accuracy": 61.06},
-    "LipschitzVAE": {"latent_ref_vs_adv_recon": (0.50, 0.68, 0.79), "max_damage_recon": (0.75, 0.41, 0.33),
-                     "fid": 59.45, "clean_accuracy": 90.78, "latent_attack_accuracy": 62.00},
-    "SE": {"latent_ref_vs_adv_recon": (0.49, 0.62, 0.68), "max_damage_recon": (0.90, 0.60, 0.54), "fid": 47.34,
-           "clean_accuracy": 93.81, "latent_attack_accuracy": 68.65},
+    "beta-TCVAE": {
+        "latent_ref_vs_adv_recon": (0.53, 0.69, 0.83),
+        "max_damage_recon": (0.73, 0.38, 0.28),
+        "fid": 45.61,
+        "clean_accuracy": 93.02,
+        "latent_attack_accuracy": 61.06,
+    },
+    "LipschitzVAE": {
+        "latent_ref_vs_adv_recon": (0.50, 0.68, 0.79),
+        "max_damage_recon": (0.75, 0.41, 0.33),
+        "fid": 59.45,
+        "clean_accuracy": 90.78,
+        "latent_attack_accuracy": 62.00,
+    },
+    "SE": {
+        "latent_ref_vs_adv_recon": (0.49, 0.62, 0.68),
+        "max_damage_recon": (0.90, 0.60, 0.54),
+        "fid": 47.34,
+        "clean_accuracy": 93.81,
+        "latent_attack_accuracy": 68.65,
+    },
     "AVAE": {"latent_ref_vs_adv_recon": (0.49, 0.59, 0.62), "max_damage_recon": (0.80, 0.65, 0.59), "fid": 48.47},
     "GMM-DAE": {"latent_ref_vs_adv_recon": (0.54, 0.70, 0.82), "max_damage_recon": (0.75, 0.37, 0.30), "fid": 38.89},
     "Augmented": {"latent_ref_vs_adv_recon": (0.47, 0.59, 0.71), "max_damage_recon": (0.79, 0.56, 0.54), "fid": 40.16},
-    "Robust GMM-DAE": {"latent_ref_vs_adv_recon": (0.38, 0.47, 0.60), "max_damage_recon": (0.92, 0.82, 0.69),
-                       "fid": 39.37, "clean_accuracy": 96.08, "latent_attack_accuracy": 91.78},
-}  # fmt: skip
+    "Robust GMM-DAE": {
+        "latent_ref_vs_adv_recon": (0.38, 0.47, 0.60),
+        "max_damage_recon": (0.92, 0.82, 0.69),
+        "fid": 39.37,
+        "clean_accuracy": 96.08,
+        "latent_attack_accuracy": 91.78,
+    },
+}
 
 
 def _common_flags():
-    flags_ = ["--dataset=mnist", "--arch=mlp", f"--latent_dim={FLAGS.latent_dim}", f"--batch_size={FLAGS.batch_size}",
-              f"--train_steps={FLAGS.train_steps}", f"--checkpoint_every={min(1000, FLAGS.train_steps)}",
-              "--eval_examples=0", f"--seed={FLAGS.seed}"]  # fmt: skip
+    flags_ = [
+        "--dataset=mnist",
+        "--arch=mlp",
+        f"--latent_dim={FLAGS.latent_dim}",
+        f"--batch_size={FLAGS.batch_size}",
+        f"--train_steps={FLAGS.train_steps}",
+        f"--checkpoint_every={min(1000, FLAGS.train_steps)}",
+        "--eval_examples=0",
+        f"--seed={FLAGS.seed}",
+    ]
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
 def _eval_flags():
     # Epsilon 0 alone: the probes' clean accuracy, no L-inf attack, so no robustness radius either.
-    flags_ = ["--dataset=mnist", "--epsilons=0", f"--lambdas={','.join(map(str, LAMBDAS))}",
-              f"--pgd_steps={FLAGS.pgd_steps}", f"--restarts={FLAGS.restarts}", f"--num_examples={FLAGS.num_examples}",
-              f"--ae_attack_examples={FLAGS.ae_attack_examples}", f"--ae_attack_trials={FLAGS.ae_attack_trials}",
-              "--probe_train_examples=7000", "--stages=accuracy,decoder,ae_attacks", f"--seed={FLAGS.seed}",
-              "--radius_examples=0"]  # fmt: skip
+    flags_ = [
+        "--dataset=mnist",
+        "--epsilons=0",
+        f"--lambdas={','.join(map(str, LAMBDAS))}",
+        f"--pgd_steps={FLAGS.pgd_steps}",
+        f"--restarts={FLAGS.restarts}",
+        f"--num_examples={FLAGS.num_examples}",
+        f"--ae_attack_examples={FLAGS.ae_attack_examples}",
+        f"--ae_attack_trials={FLAGS.ae_attack_trials}",
+        "--probe_train_examples=7000",
+        "--stages=accuracy,decoder,ae_attacks",
+        f"--seed={FLAGS.seed}",
+        "--radius_examples=0",
+    ]
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
@@ -195,8 +236,7 @@ def _plot(report):
         axes[0].plot(LAMBDAS, entry["latent_attack"]["ms_ssim_ref_vs_adv_recon"], marker="o", label=label)
         axes[1].plot(LAMBDAS, entry["max_damage_attack"]["ms_ssim_ref_recon_vs_adv_recon"], marker="o", label=label)
     axes[0].set(title="latent-space attack (lower: more robust)", xlabel="lambda (L2)", ylabel="MS-SSIM(x_r, x~_a)")
-    axes[1].set(title="maximum-damage attack (higher: more robust)", xlabel="lambda (L2)",
-                ylabel="MS-SSIM(x~_r, x~_a)")  # fmt: skip
+    axes[1].set(title="maximum-damage attack (higher: more robust)", xlabel="lambda (L2)", ylabel="MS-SSIM(x~_r, x~_a)")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)

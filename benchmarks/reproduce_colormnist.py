@@ -14,6 +14,13 @@ paper's conv budget on the whole dataset (a GPU job). The settings are those the
 (results/avae_plateau.md, results/mlp_learning_rate.md, results/delusion.md); the markdown names the paper's
 beside them.
 
+Not yet a study: Table 1's six runs and their evaluation are the study `configs/colormnist_table1`, which
+`python -m train.study --study=configs/colormnist_table1` trains, evaluates and compares (model directories in
+runs/colormnist_table1, the comparison in results/colormnist_table1), and this program reads its model list from
+there; what remains here until it becomes the study's report on top of that runner: its own orchestration of the
+same runs (`benchmarks.runs`, subprocesses side by side, budgets --arch=mlp, --full, --train_steps), the rho sweep
+(Figure 5, left), the paper's numbers beside ours, the time ratios, the training curves and the plots.
+
 Writes `colormnist.json`, `colormnist.md` and four PNGs to --output_dir (`colormnist_mlp*` for the MLP);
 model directories and the raw evaluations go to --work_dir/<arch>. Up to `--parallel` trainings and evaluations
 run side by side as separate processes. A rerun continues: training resumes from its checkpoints (so the budget
@@ -30,7 +37,7 @@ from absl import app, flags
 
 from benchmarks import runs
 from evaluate import report as evaluate_report
-from train import robustness_check
+from evaluate import quick_check
 from zoo.model_dir import ModelDir
 
 FLAGS = flags.FLAGS
@@ -40,34 +47,62 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory holding mnist.")
     flags.DEFINE_string("output_dir", "results", "Where colormnist.{json,md} and the plots go.")
     flags.DEFINE_string("work_dir", "/tmp/robust_zoo/reproduce_colormnist", "Model directories and raw evaluations.")
-    flags.DEFINE_enum("arch", "conv", list(TRAIN_STEPS), "Encoder and decoder of every model: Table 1 and Figure 5's "
-                      "bottom row (conv) or Figure 5's top row (mlp).")  # fmt: skip
-    flags.DEFINE_bool("full", False, "The paper's budget on the whole dataset (a GPU machine): overrides the sizes below.")
-    flags.DEFINE_integer("train_steps", None, "Training steps of every model (AVAE-SS: post-training steps). Default: "
-                         + ", ".join(f"{steps:,} ({arch})" for arch, steps in TRAIN_STEPS.items()) + ".",
-                         lower_bound=1)  # fmt: skip
+    flags.DEFINE_enum(
+        "arch",
+        "conv",
+        list(TRAIN_STEPS),
+        "Encoder and decoder of every model: Table 1 and Figure 5's bottom row (conv) or Figure 5's top row (mlp).",
+    )
+    flags.DEFINE_bool(
+        "full", False, "The paper's budget on the whole dataset (a GPU machine): overrides the sizes below."
+    )
+    flags.DEFINE_integer(
+        "train_steps",
+        None,
+        "Training steps of every model (AVAE-SS: post-training steps). Default: "
+        + ", ".join(f"{steps:,} ({arch})" for arch, steps in TRAIN_STEPS.items())
+        + ".",
+        lower_bound=1,
+    )
     flags.DEFINE_integer("batch_size", 64, "Batch size of every model.")
-    flags.DEFINE_float("learning_rate", LEARNING_RATE, "Adam learning rate of every model (the paper: 1e-4).",
-                       lower_bound=0)  # fmt: skip
-    flags.DEFINE_integer("robustness_every", None, "Steps between training's robustness checks of Table 1's models "
-                         "(the accuracy-vs-step plot; 0: none). Default: an eighth of the training steps.",
-                         lower_bound=0)  # fmt: skip
-    flags.DEFINE_integer("parallel", None, "Trainings and evaluations run side by side, each a process with its share "
-                         "of the cores. Default: 1 for conv, whose step already keeps the cores busy (two side by side "
-                         "took 1.3x longer on 2 cores), 2 for mlp where the machine has 2 cores or more (1.3x more "
-                         "steps per second on 2 cores); results/parallel_jobs.md.",
-                         lower_bound=1)  # fmt: skip
+    flags.DEFINE_float(
+        "learning_rate", LEARNING_RATE, "Adam learning rate of every model (the paper: 1e-4).", lower_bound=0
+    )
+    flags.DEFINE_integer(
+        "robustness_every",
+        None,
+        "Steps between training's robustness checks of Table 1's models "
+        "(the accuracy-vs-step plot; 0: none). Default: an eighth of the training steps.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "parallel",
+        None,
+        "Trainings and evaluations run side by side, each a process with its share "
+        "of the cores. Default: 1 for conv, whose step already keeps the cores busy (two side by side "
+        "took 1.3x longer on 2 cores), 2 for mlp where the machine has 2 cores or more (1.3x more "
+        "steps per second on 2 cores); results/parallel_jobs.md.",
+        lower_bound=1,
+    )
     flags.DEFINE_integer("num_examples", 250, "Test examples attacked per model.")
     flags.DEFINE_integer("pgd_steps", 40, "PGD steps of the evaluation attack.")
     flags.DEFINE_integer("restarts", 2, "PGD restarts of the evaluation attack (the paper: 10).")
     flags.DEFINE_bool("quick", False, "The project's PGD alone instead of the worst case over the attack ensemble.")
-    flags.DEFINE_integer("radius_examples", 0, "Test examples whose robustness radius is searched, per model of "
-                         "Table 1 (the rho sweep: none); each costs minutes on a CPU, as ART's attacks take one "
-                         "radius per call.")  # fmt: skip
+    flags.DEFINE_integer(
+        "radius_examples",
+        0,
+        "Test examples whose robustness radius is searched, per model of "
+        "Table 1 (the rho sweep: none); each costs minutes on a CPU, as ART's attacks take one "
+        "radius per call.",
+    )
     flags.DEFINE_integer("sweep_examples", 200, "Test examples attacked per model of the rho sweep.")
-    flags.DEFINE_list("models", [label for label, _, _ in MODELS], "Table 1's models to train and evaluate (a "
-                      "subset where a budget allows no more); VAE is always one, as AVAE-SS post-trains it and the "
-                      "time ratios are relative to it.")  # fmt: skip
+    flags.DEFINE_list(
+        "models",
+        [label for label, _, _ in MODELS],
+        "Table 1's models to train and evaluate (a "
+        "subset where a budget allows no more); VAE is always one, as AVAE-SS post-trains it and the "
+        "time ratios are relative to it.",
+    )
     flags.DEFINE_list("rhos", ["0.5", "0.8", "0.9", "0.95", "0.975", "0.99"], "AVAE couplings of Figure 5 (left).")
     flags.DEFINE_integer("seed", 0, "Seed of every training run and evaluation.")
 
@@ -79,17 +114,32 @@ CURVE_EPSILONS = (0.05, 0.1)  # training's check: Figure 5 (middle) is at 0.1; 0
 TRAIN_STEPS = {"conv": 800, "mlp": 102_000}
 LEARNING_RATE = 3e-4  # the ablations' choice on both archs: avae_plateau.md sections 8 and 10, mlp_learning_rate.md
 # The paper's settings that differ from or are not in the table's run (appendix F, the public reference).
-PAPER_SETTINGS = ("Adam 1e-4, 100,000 steps (the MLP: 102,000) on 60,000 training digits, probes on the whole "
-                  "training set, PGD-40 with 10 restarts on 10,000 test digits")  # fmt: skip
-# (label, registry name, model flags); AVAE-SS post-trains the VAE. Paper: rho 0.975, rho_SE 0.95, PGD-5.
-MODELS = (
-    ("VAE", "vae", {}),
-    ("SE_0.1", "se", {"rho": 0.95, "se_epsilon": 0.1, "pgd_steps": 5}),
-    ("SE_0.2", "se", {"rho": 0.95, "se_epsilon": 0.2, "pgd_steps": 5}),
-    ("AVAE", "avae", {"rho": 0.975}),
-    ("SE_0.1-AVAE", "se_avae", {"rho": 0.975, "rho_se": 0.95, "se_epsilon": 0.1, "pgd_steps": 5}),
-    ("AVAE-SS", "avae_ss", {"rho": 0.975}),
+PAPER_SETTINGS = (
+    "Adam 1e-4, 100,000 steps (the MLP: 102,000) on 60,000 training digits, probes on the whole "
+    "training set, PGD-40 with 10 restarts on 10,000 test digits"
 )
+# Table 1's models are the study configs/colormnist_table1 (one run config per model, named by its label); this
+# reads its model list from there: (label, registry name, the model's hyper-parameters), in Table 1's order.
+# AVAE-SS post-trains the VAE. Paper: rho 0.975, rho_SE 0.95, PGD-5.
+TABLE_1_STUDY = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "colormnist_table1"
+)
+TABLE_1 = ("VAE", "SE_0.1", "SE_0.2", "AVAE", "SE_0.1-AVAE", "AVAE-SS")
+
+
+def _table_1_models():
+    import zoo
+
+    models = []
+    for label in TABLE_1:
+        with open(os.path.join(TABLE_1_STUDY, f"{label}.json")) as f:
+            config = json.load(f)
+        fields = {field.name for field in zoo.get_model_class(config["model"]).config_class.fields()}
+        models.append((label, config["model"], {k: v for k, v in config.items() if k in fields}))
+    return tuple(models)
+
+
+MODELS = _table_1_models()
 # The paper's Table 1 (ColorMNIST, conv): accuracy in % at eps 0 / 0.1 / 0.2, time relative to the VAE.
 PAPER = {
     "VAE": {"digit": (93.8, 5.8, 0.0), "color": (100, 19.9, 2.0), "time": 1},
@@ -120,21 +170,38 @@ def _budget():
 def _common_flags(budget, curve=False):
     """Training flags shared by every model; `curve`: with training's robustness check (Table 1's models)."""
     steps = budget["train_steps"]
-    flags_ = ["--dataset=color_mnist", f"--arch={FLAGS.arch}", "--latent_dim=64", f"--batch_size={FLAGS.batch_size}",
-              f"--learning_rate={FLAGS.learning_rate:g}", f"--train_steps={steps}",
-              f"--checkpoint_every={min(steps, max(500, steps // 20))}", "--eval_examples=0",
-              f"--seed={FLAGS.seed}"]  # fmt: skip
+    flags_ = [
+        "--dataset=color_mnist",
+        f"--arch={FLAGS.arch}",
+        "--latent_dim=64",
+        f"--batch_size={FLAGS.batch_size}",
+        f"--learning_rate={FLAGS.learning_rate:g}",
+        f"--train_steps={steps}",
+        f"--checkpoint_every={min(steps, max(500, steps // 20))}",
+        "--eval_examples=0",
+        f"--seed={FLAGS.seed}",
+    ]
     if curve and budget["robustness_every"]:
-        flags_ += [f"--robustness_every={budget['robustness_every']}",
-                   f"--robustness_epsilons={','.join(map(str, CURVE_EPSILONS))}"]  # fmt: skip
+        flags_ += [
+            f"--robustness_every={budget['robustness_every']}",
+            f"--robustness_epsilons={','.join(map(str, CURVE_EPSILONS))}",
+        ]
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
 def _eval_flags(num_examples, budget, stages, radius_examples):
-    flags_ = ["--dataset=color_mnist", f"--epsilons={','.join(map(str, EPSILONS))}", f"--pgd_steps={FLAGS.pgd_steps}",
-              f"--restarts={budget['restarts']}", f"--num_examples={num_examples}",
-              f"--probe_train_examples={budget['probe']}", f"--stages={stages}", f"--seed={FLAGS.seed}",
-              f"--radius_examples={radius_examples}", "--quick" if FLAGS.quick else "--cascade"]  # fmt: skip
+    flags_ = [
+        "--dataset=color_mnist",
+        f"--epsilons={','.join(map(str, EPSILONS))}",
+        f"--pgd_steps={FLAGS.pgd_steps}",
+        f"--restarts={budget['restarts']}",
+        f"--num_examples={num_examples}",
+        f"--probe_train_examples={budget['probe']}",
+        f"--stages={stages}",
+        f"--seed={FLAGS.seed}",
+        f"--radius_examples={radius_examples}",
+        "--quick" if FLAGS.quick else "--cascade",
+    ]
     return flags_ + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else [])
 
 
@@ -146,9 +213,11 @@ def _name(arch=None):
 
 def _training_curve(model_dir):
     """Training's robustness check of the digit probe by step, radii as the tables write them."""
-    curve = robustness_check.read_curve(ModelDir(model_dir).robustness_curve_file)
-    return {str(step): {(f"{key:g}" if isinstance(key, float) else key): value for key, value in row.items()}
-            for step, row in curve.items()}  # fmt: skip
+    curve = quick_check.read_curve(ModelDir(model_dir).robustness_curve_file)
+    return {
+        str(step): {(f"{key:g}" if isinstance(key, float) else key): value for key, value in row.items()}
+        for step, row in curve.items()
+    }
 
 
 def _cell(accuracies):
@@ -161,8 +230,10 @@ def _paper_cell(values):
 
 def _radius_cell(radius):
     """Median robustness radius (over the digits correct clean) of the digit and colour probes."""
-    return " / ".join(evaluate_report.format_radius(radius[task]["median_correct"], radius[task]["max_radius"])
-                      for task in ("digit", "color"))  # fmt: skip
+    return " / ".join(
+        evaluate_report.format_radius(radius[task]["median_correct"], radius[task]["max_radius"])
+        for task in ("digit", "color")
+    )
 
 
 def _markdown(report):
@@ -179,17 +250,24 @@ def _markdown(report):
         "",
         f"Linear probes on the frozen encoder mean, attacked end to end, {how}; "
         "accuracy in % at eps 0 / 0.1 / 0.2. "
-        + ("*paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full training; PGD). " if paper_table else
-           "The paper reports the MLP in plots only (Figure 5, top row), so the *paper* columns are empty. ")
+        + (
+            "*paper* is Table 1 of the AVAE paper (ColorMNIST, conv, full training; PGD). "
+            if paper_table
+            else "The paper reports the MLP in plots only (Figure 5, top row), so the *paper* columns are empty. "
+        )
         + "*masking*: `evaluate.robustness`' gradient-masking check."
-        + (" *radius*: the median L-inf robustness radius of the digit / colour probe over the test digits correct "
-           "clean (the smallest radius at which the worst case flips the probe; bisection on a fixed random subset)."
-           if searched else ""),
+        + (
+            " *radius*: the median L-inf robustness radius of the digit / colour probe over the test digits correct "
+            "clean (the smallest radius at which the worst case flips the probe; bisection on a fixed random subset)."
+            if searched
+            else ""
+        ),
         "",
         "| model | digit (here) | digit (paper) | colour (here) | colour (paper) | "
-        + ("radius digit / colour | " if searched else "") + "masking | time (here) | time (paper) | MSE | FID |",
+        + ("radius digit / colour | " if searched else "")
+        + "masking | time (here) | time (paper) | MSE | FID |",
         "|---|---|---|---|---|" + ("---|" if searched else "") + "---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for label, entry in report["models"].items():
         paper = (paper_table or {}).get(label)
         paper_digit, paper_color, paper_time = (
@@ -228,22 +306,28 @@ def _markdown(report):
         f"{settings['num_examples']} test digits attacked ({settings['sweep_examples']} for the rho sweep"
         + (f"; the radius on {settings['radius_examples']}" if settings["radius_examples"] else "")
         + f"); probes trained on {settings['probe_train_examples']} training digits"
-        + (f"; {_jobs_phrase(settings['parallel'])}, {settings['wall_clock_seconds'] / 60:.0f} minutes for the last "
-           "invocation (a rerun reads back what earlier ones trained and evaluated)" if "parallel" in settings else "")
+        + (
+            f"; {_jobs_phrase(settings['parallel'])}, {settings['wall_clock_seconds'] / 60:.0f} minutes for the last "
+            "invocation (a rerun reads back what earlier ones trained and evaluated)"
+            if "parallel" in settings
+            else ""
+        )
         + f". The paper: {report.get('paper_settings', PAPER_SETTINGS)}. Time is the median step time relative to "
         "the VAE, each measured while that model trained (one read back from an earlier invocation keeps its own: "
         "across sessions the ratio carries the shared machine's drift; `benchmarks.train_speed` times steps side by "
-        "side)" + (" and beside other jobs here: a rough ratio" if settings.get("parallel", 1) > 1 else "")
+        "side)"
+        + (" and beside other jobs here: a rough ratio" if settings.get("parallel", 1) > 1 else "")
         + ". The attacks:",
         "",
         *[evaluate_report.describe_budget(attack, budget).rstrip("\n") for attack, budget in budgets.items()],
         "",
         f"Plots: `{_name(arch)}_accuracy_vs_epsilon.png` (Figure 5 right), `{_name(arch)}_rho_sweep.png` (Figure 5 "
-        f"left), " + (f"`{_name(arch)}_accuracy_vs_step.png` (Figure 5 middle), " if _has_curves(report) else "")
+        f"left), "
+        + (f"`{_name(arch)}_accuracy_vs_step.png` (Figure 5 middle), " if _has_curves(report) else "")
         + f"`{_name(arch)}_chains.png` (Figure 1: encode-decode chains, VAE above, AVAE below).",
         "",
         *runs.produced_by(report["command"]),
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 
@@ -267,20 +351,22 @@ def _curve_lines(report):
         "## Accuracy during training (Figure 5, middle)",
         "",
         f"Training's own check (`--robustness_every`): a linear digit probe fitted on the first "
-        f"{robustness_check.PROBE_EXAMPLES:,} training digits, clean and L-inf PGD-{robustness_check.PGD_STEPS} "
-        f"accuracy on the first {robustness_check.TEST_EXAMPLES} test digits (one start: a weak attack, an upper "
-        "bound, like for like across models and steps). Cells: clean / " + " / ".join(f"eps {e:g}" for e in radii)
+        f"{quick_check.PROBE_EXAMPLES:,} training digits, clean and L-inf PGD-{quick_check.PGD_STEPS} "
+        f"accuracy on the first {quick_check.TEST_EXAMPLES} test digits (one start: a weak attack, an upper "
+        "bound, like for like across models and steps). Cells: clean / "
+        + " / ".join(f"eps {e:g}" for e in radii)
         + " in %. AVAE-SS's steps are post-training steps of the VAE.",
         "",
         "| step | " + " | ".join(curves) + " |",
         "|---|" + "---|" * len(curves),
-    ]  # fmt: skip
+    ]
     for step in steps:
         cells = []
         for curve in curves.values():
             row = curve.get(str(step))
-            cells.append(" / ".join(f"{100 * row[key]:.1f}" for key in ("clean", *(f"{e:g}" for e in radii)))
-                         if row else "")  # fmt: skip
+            cells.append(
+                " / ".join(f"{100 * row[key]:.1f}" for key in ("clean", *(f"{e:g}" for e in radii))) if row else ""
+            )
         lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
     return lines
 
@@ -297,7 +383,9 @@ def _plot(report, chain_pngs):
         for label, entry in report["models"].items():
             acc = entry["adversarial_accuracy"][task]
             ax.plot(EPSILONS, [100 * acc[f"{e:g}"] for e in EPSILONS], marker="o", label=label)
-        ax.set(title=f"{task} task", xlabel="attack radius eps (L-inf)", ylabel="adversarial accuracy (%)", ylim=(0, 101))
+        ax.set(
+            title=f"{task} task", xlabel="attack radius eps (L-inf)", ylabel="adversarial accuracy (%)", ylim=(0, 101)
+        )
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
@@ -308,8 +396,12 @@ def _plot(report, chain_pngs):
     rhos = [float(r) for r in report["rho_sweep"]]
     for task, ax in zip(("digit", "color"), axes):
         for eps in EPSILONS:
-            ax.plot(rhos, [100 * report["rho_sweep"][r][task][f"{eps:g}"] for r in report["rho_sweep"]], marker="o",
-                    label=f"eps={eps}")  # fmt: skip
+            ax.plot(
+                rhos,
+                [100 * report["rho_sweep"][r][task][f"{eps:g}"] for r in report["rho_sweep"]],
+                marker="o",
+                label=f"eps={eps}",
+            )
         ax.set(title=f"AVAE, {task} task", xlabel="coupling rho", ylabel="adversarial accuracy (%)", ylim=(0, 101))
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -323,9 +415,13 @@ def _plot(report, chain_pngs):
         for column, ax in zip(columns, axes[0]):
             for label, entry in report["models"].items():
                 curve = entry["training_curve"]
-                ax.plot([int(step) for step in curve], [100 * row[column] for row in curve.values()], marker="o",
-                        label=label)  # fmt: skip
-            attack = f"training's PGD-{robustness_check.PGD_STEPS} check"
+                ax.plot(
+                    [int(step) for step in curve],
+                    [100 * row[column] for row in curve.values()],
+                    marker="o",
+                    label=label,
+                )
+            attack = f"training's PGD-{quick_check.PGD_STEPS} check"
             title = "clean" if column == "clean" else f"eps={column} ({attack})"
             ax.set(title=f"digit task, {title}", xlabel="training step", ylabel="accuracy (%)", ylim=(0, 101))
             ax.grid(alpha=0.3)
@@ -362,8 +458,9 @@ def _chosen_models():
     labels = [label for label, _, _ in MODELS]
     unknown = [label for label in FLAGS.models if label not in labels]
     if unknown or "VAE" not in FLAGS.models:
-        raise app.UsageError(f"--models: {', '.join(unknown) or 'VAE is missing'}; choose among {', '.join(labels)} "
-                             "(VAE always)")  # fmt: skip
+        raise app.UsageError(
+            f"--models: {', '.join(unknown) or 'VAE is missing'}; choose among {', '.join(labels)} (VAE always)"
+        )
     return [model for model in MODELS if model[0] in FLAGS.models]
 
 
@@ -388,6 +485,7 @@ def _jobs(budget, work):
         train(label, name, model_flags, init_from="VAE" if name == "avae_ss" else None, curve=True)
         stages = "accuracy,decoder,chains"
         evaluate(f"eval {label}", label, label, budget["num_examples"], stages, FLAGS.radius_examples)
+
     def sweep_label(rho):
         """Table 1's AVAE, where it is trained, is the sweep's model at its rho (evaluated on the sweep's digits)."""
         return "AVAE" if float(rho) == dict(MODELS[3][2])["rho"] and "AVAE" in FLAGS.models else f"AVAE_rho{rho}"
@@ -462,7 +560,9 @@ def main(argv):
         json.dump(report, f, indent=2)
     with open(f"{stem}.md", "w") as f:
         f.write(_markdown(report))
-    _plot(report, {label: os.path.join(eval_dirs[label], "chain.png") for label in ("VAE", "AVAE") if label in eval_dirs})
+    _plot(
+        report, {label: os.path.join(eval_dirs[label], "chain.png") for label in ("VAE", "AVAE") if label in eval_dirs}
+    )
     print(f"wrote {stem}.json and {stem}.md in {time.time() - started:.0f} s")
 
 

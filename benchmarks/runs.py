@@ -3,6 +3,10 @@
 Every model trains through `python -m train.<model>` and is evaluated by `python -m evaluate.robustness`
 in a subprocess from the repository root, with its output kept in a log file. What the runs write is read
 through `ModelDir`, the one place that knows the model directory's file names.
+
+A study (a folder of run configs and study.json under configs/) is run by `python -m train.study`, which trains
+in-process through `train.run` and evaluates through the evaluate pipeline; this module remains for the
+benchmarks that are not yet studies (reproduce_colormnist's rho sweep and report, precision, and the others).
 """
 
 import csv
@@ -134,6 +138,8 @@ def produced_by(command):
 def describe_fid(features):
     """One line saying which features the FID used (Inception and classifier FIDs are not comparable)."""
     if features["kind"] == "classifier":
-        return (f"{features['network']} (test accuracy {features['test_accuracy']}), cached at {features['path']}; "
-                "not comparable with Inception FID")  # fmt: skip
+        return (
+            f"{features['network']} (test accuracy {features['test_accuracy']}), cached at {features['path']}; "
+            "not comparable with Inception FID"
+        )
     return features.get("network", features["kind"])

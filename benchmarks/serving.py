@@ -146,7 +146,11 @@ def reference_embeddings(path, requests, signature="serving_default", input_name
 INPUT_FORMATS = {
     # name: (signature, input name, description)
     "float_json": ("serving_default", "images", 'float32 pixels as JSON numbers: {"instances": [image]}'),
-    "png_b64": ("encode_image", "image_bytes", 'PNG bytes: {"signature_name": "encode_image", "instances": [{"b64": ...}]}'),
+    "png_b64": (
+        "encode_image",
+        "image_bytes",
+        'PNG bytes: {"signature_name": "encode_image", "instances": [{"b64": ...}]}',
+    ),
 }
 
 
@@ -164,7 +168,9 @@ def make_requests(fmt, shape, images_per_request, num_requests):
         return inputs, bodies
     inputs = [np.array([tf.io.encode_png(image).numpy() for image in p], dtype=object) for p in pixels]
     bodies = [
-        orjson.dumps({"signature_name": "encode_image", "instances": [{"b64": base64.b64encode(b).decode()} for b in x]})
+        orjson.dumps(
+            {"signature_name": "encode_image", "instances": [{"b64": base64.b64encode(b).decode()} for b in x]}
+        )
         for x in inputs
     ]
     return inputs, bodies
@@ -182,8 +188,16 @@ def free_port():
 
 def start_server(model_base, batching_file, log_path, workers=1):
     port = free_port()
-    cmd = [sys.executable, "-m", "serving.server", f"--model_name={NAME}", f"--model_base_path={model_base}",
-           f"--rest_api_port={port}", "--port=0", "--file_system_poll_wait_seconds=0"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.server",
+        f"--model_name={NAME}",
+        f"--model_base_path={model_base}",
+        f"--rest_api_port={port}",
+        "--port=0",
+        "--file_system_poll_wait_seconds=0",
+    ]
     if batching_file:
         cmd += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
     if workers > 1:
@@ -311,7 +325,9 @@ def bench_rest(port, bodies, sizes, concurrency, seconds, check, server_pid):
     elapsed = time.perf_counter() - start
     cpu = _process_cpu_seconds(server_pid) - server_cpu + time.process_time() - client_cpu
     requests = max(len(latencies), 1)
-    per_request = {group: (cpu_s - threads[group]) / requests * 1e6 for group, cpu_s in _thread_cpu_seconds(server_pid).items()}
+    per_request = {
+        group: (cpu_s - threads[group]) / requests * 1e6 for group, cpu_s in _thread_cpu_seconds(server_pid).items()
+    }
     per_request["client"] = (time.process_time() - client_cpu) / requests * 1e6
     return rate, *percentiles(latencies), errors, rate * elapsed / cpu, per_request
 
@@ -336,18 +352,31 @@ def side_by_side(path, data, sizes, check, batching_file, log_path, seconds, rou
         for index in range(rounds):
             in_process = {c: bench_in_process(path, inputs, c, seconds)[0] for c in (8, 32)}
             rate, p50, p99, errors, per_cpu, per_request = bench_rest(port, bodies, sizes, 32, seconds, check, proc.pid)
-            rounds_out.append({"in_process": in_process, "rest": rate, "rest_p50_ms": p50, "rest_p99_ms": p99,
-                               "errors": len(errors), "server_cpu_us_per_request": per_request})  # fmt: skip
-            print(f"side by side round {index + 1}: in-process c=8 {in_process[8]:.0f}, c=32 {in_process[32]:.0f}; "
-                  f"REST c=32 {rate:.0f} emb/s, errors {len(errors)}; server CPU us/request "
-                  f"{ {k: round(v) for k, v in per_request.items()} }", flush=True)  # fmt: skip
+            rounds_out.append(
+                {
+                    "in_process": in_process,
+                    "rest": rate,
+                    "rest_p50_ms": p50,
+                    "rest_p99_ms": p99,
+                    "errors": len(errors),
+                    "server_cpu_us_per_request": per_request,
+                }
+            )
+            print(
+                f"side by side round {index + 1}: in-process c=8 {in_process[8]:.0f}, c=32 {in_process[32]:.0f}; "
+                f"REST c=32 {rate:.0f} emb/s, errors {len(errors)}; server CPU us/request "
+                f"{ {k: round(v) for k, v in per_request.items()} }",
+                flush=True,
+            )
     finally:
         stop_server(proc)
     in_process = {c: float(np.median([r["in_process"][c] for r in rounds_out])) for c in (8, 32)}
     rest = float(np.median([r["rest"] for r in rounds_out]))
     best = max(in_process.values())
-    cpu = {group: float(np.median([r["server_cpu_us_per_request"][group] for r in rounds_out]))
-           for group in rounds_out[0]["server_cpu_us_per_request"]}  # fmt: skip
+    cpu = {
+        group: float(np.median([r["server_cpu_us_per_request"][group] for r in rounds_out]))
+        for group in rounds_out[0]["server_cpu_us_per_request"]
+    }
     return {
         "server_command": " ".join(cmd[1:]),
         "rounds": rounds_out,
@@ -380,13 +409,16 @@ async def _drive_app(api, bodies, requests, concurrency):
 _STEPS = [
     ("request in, up to its queued model call (rest.RestApi.respond)", "serving/rest.py", "respond"),
     ("- of which: JSON parse (tensor_json.parse_json)", "serving/tensor_json.py", "parse_json"),
-    ("- of which: numbers to a float32 array (tensor_json.request_to_arrays)", "serving/tensor_json.py",
-     "request_to_arrays"),
+    (
+        "- of which: numbers to a float32 array (tensor_json.request_to_arrays)",
+        "serving/tensor_json.py",
+        "request_to_arrays",
+    ),
     ("- of which: queue the request for a batch (batching.BatchScheduler.submit)", "serving/batching.py", "submit"),
     ("batches handed to the batch threads (batching.BatchScheduler._flush)", "serving/batching.py", "_flush"),
     ("model call done: the answer (rest.RestApi._predict.<locals>.done)", "serving/rest.py", "done"),
     ("- of which: response JSON (tensor_json.arrays_to_response)", "serving/tensor_json.py", "arrays_to_response"),
-]  # fmt: skip
+]
 
 
 def profile_request_path(path, bodies, batching_file, requests=3000, concurrency=32):
@@ -395,8 +427,11 @@ def profile_request_path(path, bodies, batching_file, requests=3000, concurrency
     from serving.manager import ModelManager, single_model_config
     from serving.rest import RestApi
 
-    manager = ModelManager(single_model_config(NAME, os.path.dirname(path)), poll_wait_seconds=0,
-                           batching_options=read_batching_parameters(batching_file))  # fmt: skip
+    manager = ModelManager(
+        single_model_config(NAME, os.path.dirname(path)),
+        poll_wait_seconds=0,
+        batching_options=read_batching_parameters(batching_file),
+    )
     manager.start()
     try:
         api = RestApi(manager, timeout_seconds=30)
@@ -415,8 +450,10 @@ def profile_request_path(path, bodies, batching_file, requests=3000, concurrency
     total = sum(entry[2] for entry in stats.values())  # every function's own time: the whole loop thread
     steps = {}
     for label, file_end, function in _STEPS:
-        steps[label] = sum(entry[3] for (file, _, name), entry in stats.items()
-                           if file.endswith(file_end) and name == function) / total  # fmt: skip
+        steps[label] = (
+            sum(entry[3] for (file, _, name), entry in stats.items() if file.endswith(file_end) and name == function)
+            / total
+        )
     top = sorted(stats.items(), key=lambda item: -item[1][2])[:12]
     return {
         "requests": requests,
@@ -424,8 +461,11 @@ def profile_request_path(path, bodies, batching_file, requests=3000, concurrency
         "event_loop_cpu_us_per_request_unprofiled": unprofiled,
         "step_share_of_event_loop": steps,
         "top_functions_by_own_time": [
-            {"function": f"{os.path.basename(file)}:{line}({name})" if line else name,
-             "share": entry[2] / total, "calls_per_request": entry[1] / requests}  # fmt: skip
+            {
+                "function": f"{os.path.basename(file)}:{line}({name})" if line else name,
+                "share": entry[2] / total,
+                "calls_per_request": entry[1] / requests,
+            }
             for (file, line, name), entry in top
         ],
     }
@@ -460,8 +500,16 @@ def run(model_dir=None, seconds=5.0, rounds=3, images_per_request=1, num_request
 
             return check
 
-        headline = side_by_side(path, data["float_json"], sizes, checker(data["float_json"][2]), batching_file,
-                                os.path.join(work, "side_by_side.log"), seconds, rounds)  # fmt: skip
+        headline = side_by_side(
+            path,
+            data["float_json"],
+            sizes,
+            checker(data["float_json"][2]),
+            batching_file,
+            os.path.join(work, "side_by_side.log"),
+            seconds,
+            rounds,
+        )
         headline["server_command"] = headline["server_command"].replace(work, "<tmp>")
         print(f"one REST process / in-process, side by side: {headline['ratio']:.0%}", flush=True)
         profile = profile_request_path(path, data["float_json"][1], batching_file)
@@ -469,10 +517,17 @@ def run(model_dir=None, seconds=5.0, rounds=3, images_per_request=1, num_request
         for fmt, (signature, input_name, _) in INPUT_FORMATS.items():
             for c in CONCURRENCY:
                 rate, p50, p99, per_cpu = bench_in_process(path, data[fmt][0], c, seconds, signature, input_name)
-                results[fmt]["in_process"][c] = {"embeddings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-                                                 "embeddings_per_cpu_s": per_cpu}  # fmt: skip
-                print(f"{fmt:10s} in-process      c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-                      f"{per_cpu:6.0f} emb/cpu-s", flush=True)  # fmt: skip
+                results[fmt]["in_process"][c] = {
+                    "embeddings_per_s": rate,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "embeddings_per_cpu_s": per_cpu,
+                }
+                print(
+                    f"{fmt:10s} in-process      c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                    f"{per_cpu:6.0f} emb/cpu-s",
+                    flush=True,
+                )
         commands = {}
         for key, batching, workers in SERVER_SETTINGS:
             batching = batching_file if batching else None
@@ -485,10 +540,18 @@ def run(model_dir=None, seconds=5.0, rounds=3, images_per_request=1, num_request
                         rate, p50, p99, errors, per_cpu, _ = bench_rest(
                             port, bodies, sizes, c, seconds, checker(expected), proc.pid
                         )
-                        results[fmt][key][c] = {"embeddings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-                                                "errors": len(errors), "embeddings_per_cpu_s": per_cpu}  # fmt: skip
-                        print(f"{fmt:10s} {key:15s} c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-                              f"{per_cpu:6.0f} emb/cpu-s  errors {len(errors)}", flush=True)  # fmt: skip
+                        results[fmt][key][c] = {
+                            "embeddings_per_s": rate,
+                            "p50_ms": p50,
+                            "p99_ms": p99,
+                            "errors": len(errors),
+                            "embeddings_per_cpu_s": per_cpu,
+                        }
+                        print(
+                            f"{fmt:10s} {key:15s} c={c:2d}: {rate:8.0f} emb/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                            f"{per_cpu:6.0f} emb/cpu-s  errors {len(errors)}",
+                            flush=True,
+                        )
                         if errors:
                             print("  e.g.", errors[0], flush=True)
             finally:
@@ -514,13 +577,18 @@ def run(model_dir=None, seconds=5.0, rounds=3, images_per_request=1, num_request
             "model": description,
             "images_per_request": images_per_request,
             "seconds_per_setting": seconds,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                        "tensorflow": tf.__version__, "load_average_at_end": os.getloadavg()},  # fmt: skip
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "tensorflow": tf.__version__,
+                "load_average_at_end": os.getloadavg(),
+            },
             "input_formats": {fmt: desc for fmt, (_, _, desc) in INPUT_FORMATS.items()},
             "results": results,
             "ratios": ratios,
             "target": "one REST process with batching, float JSON, concurrency 32 >= 0.70 x in-process embeddings/s "
-                      "(side by side)",
+            "(side by side)",
             "target_met": headline["ratio"] >= 0.70,
         }
         write_reports(report, out_dir or os.path.join(REPO, "results"))
@@ -587,10 +655,17 @@ def write_reports(report, out_dir):
         "|---|---|",
     ]
     lines += [f"| {label} | {share:.0%} |" for label, share in profile["step_share_of_event_loop"].items()]
-    lines += ["", "Functions with the most own time (cProfile):", "", "| function | share | calls per request |",
-              "|---|---|---|"]  # fmt: skip
-    lines += [f"| `{t['function']}` | {t['share']:.0%} | {t['calls_per_request']:.1f} |"
-              for t in profile["top_functions_by_own_time"]]  # fmt: skip
+    lines += [
+        "",
+        "Functions with the most own time (cProfile):",
+        "",
+        "| function | share | calls per request |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| `{t['function']}` | {t['share']:.0%} | {t['calls_per_request']:.1f} |"
+        for t in profile["top_functions_by_own_time"]
+    ]
     lines.append("")
     labels = {
         "in_process": "in-process SavedModel",
@@ -637,8 +712,10 @@ def main(argv):
     print(f"one REST process / in-process, side by side: {report['side_by_side']['ratio']:.0%}")
     for fmt, ratios in report["ratios"].items():
         for key, value in ratios.items():
-            print(f"{fmt} {key}: c=32 / best in-process: {value['vs_best_in_process']:.0%} "
-                  f"(per CPU-second: {value['vs_best_in_process_per_cpu_second']:.0%})")  # fmt: skip
+            print(
+                f"{fmt} {key}: c=32 / best in-process: {value['vs_best_in_process']:.0%} "
+                f"(per CPU-second: {value['vs_best_in_process_per_cpu_second']:.0%})"
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Izmailov et al., 2018; weight averaging adds robust accuracy in adversarial trai
 after which the BatchNorm moving statistics are recomputed on training data, and that recomputation alone
 (with separate coupled passes the AVAE's delusion batches update the moving statistics as well as the data
 do). For the last checkpoint of `--steps` (as trained and recomputed) and for the mean of the last two and of
-all of them (recomputed), one row of `train.robustness_check.quick_robustness` (the same probe, PGD and digits
+all of them (recomputed), one row of `evaluate.quick_check.quick_robustness` (the same probe, PGD and digits
 as the run's `robustness_curve.csv`); rows as JSON lines on stdout.
 """
 
@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import zoo  # noqa: E402
-from train import robustness_check  # noqa: E402
+from evaluate import quick_check  # noqa: E402
 from zoo import data as zoo_data  # noqa: E402
 from zoo.model_dir import ModelDir  # noqa: E402
 
@@ -34,8 +34,9 @@ def define_flags():
     flags.DEFINE_string("model_dir", None, "A finished training run with checkpoints at --steps.", required=True)
     flags.DEFINE_list("steps", None, "Checkpoint steps to average, oldest first (at least two).", required=True)
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory (prepared: no download).")
-    flags.DEFINE_integer("recalibration_batches", 300, "Training batches of 64 whose statistics replace the moving ones.",
-                         lower_bound=1)  # fmt: skip
+    flags.DEFINE_integer(
+        "recalibration_batches", 300, "Training batches of 64 whose statistics replace the moving ones.", lower_bound=1
+    )
     flags.DEFINE_list("epsilons", ["0.02", "0.05", "0.1"], "L-inf radii of the check.")
 
 
@@ -52,8 +53,9 @@ def checkpoint_weights(model, model_dir, step):
 
 def recalibrate_batch_norm(model, dataset, data_dir, batches):
     """Replaces the encoder's BatchNorm moving statistics by those of `batches` clean training batches."""
-    images = zoo_data.load(dataset, "train", 64, data_dir=data_dir, shuffle=True, seed=0, repeat=True,
-                           drop_remainder=True, download=False)  # fmt: skip
+    images = zoo_data.load(
+        dataset, "train", 64, data_dir=data_dir, shuffle=True, seed=0, repeat=True, drop_remainder=True, download=False
+    )
     for x, _ in images.take(batches):
         model.encoder(x, training=True)  # momentum 0.99: after 300 batches the old statistics weigh 5 %
 
@@ -69,17 +71,25 @@ def main(argv):
     except (FileNotFoundError, ValueError) as error:
         raise app.UsageError(str(error)) from None
     dataset = ModelDir(FLAGS.model_dir).read_config()["dataset"]
-    check = robustness_check.load_check_data(dataset, FLAGS.data_dir, False)
+    check = quick_check.load_check_data(dataset, FLAGS.data_dir, False)
 
     def row(label, recalibrate):
         if recalibrate:
             recalibrate_batch_norm(model, dataset, FLAGS.data_dir, FLAGS.recalibration_batches)
-        result = robustness_check.quick_robustness(
+        result = quick_check.quick_robustness(
             lambda x: model(x, training=False), check, [float(e) for e in FLAGS.epsilons], seed=0
         )
-        print(json.dumps({"weights": label, "batch_norm": "recomputed" if recalibrate else "moving",
-                          "clean": result["clean"], **{f"eps_{e:g}": a for e, a in result["pgd"].items()}}),
-              flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "weights": label,
+                    "batch_norm": "recomputed" if recalibrate else "moving",
+                    "clean": result["clean"],
+                    **{f"eps_{e:g}": a for e, a in result["pgd"].items()},
+                }
+            ),
+            flush=True,
+        )
 
     last = steps[-1]
     for recalibrate in (False, True):

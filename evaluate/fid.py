@@ -68,9 +68,10 @@ def inception_extractor(batch_size=32):
         return network(images * 2.0 - 1.0, training=False)
 
     return FeatureExtractor(
-        features, {"kind": "inception", "network": "keras.applications.InceptionV3 (imagenet, avg pool)", "dim": 2048},
+        features,
+        {"kind": "inception", "network": "keras.applications.InceptionV3 (imagenet, avg pool)", "dim": 2048},
         batch_size,
-    )  # fmt: skip
+    )
 
 
 def _build_classifier(image_shape, tasks):
@@ -135,7 +136,7 @@ def classifier_extractor(
     dataset, data_dir, cache_dir, train_examples, epochs, seed=0, download=True, batch_size=128, log=print
 ):
     """The cached dataset classifier's features, training and caching it first if needed."""
-    spec = zoo_data.get_spec(dataset)
+    spec = zoo_data.get_spec(dataset, data_dir)
     key = _cache_key(dataset, data_dir, train_examples, epochs, seed)
     folder = os.path.join(cache_dir, dataset)
     path = os.path.join(folder, f"classifier-{key}.keras")
@@ -150,9 +151,15 @@ def classifier_extractor(
         keras.utils.set_random_seed(seed)
         classifier = _build_classifier(spec.image_shape, spec.tasks)
         train = zoo_data.load(
-            dataset, "train", batch_size, data_dir=data_dir, shuffle=True, seed=seed, take=train_examples,
+            dataset,
+            "train",
+            batch_size,
+            data_dir=data_dir,
+            shuffle=True,
+            seed=seed,
+            take=train_examples,
             download=download,
-        )  # fmt: skip
+        )
         test = zoo_data.load(dataset, "test", batch_size, data_dir=data_dir, take=2000, download=download)
         test_accuracy = _train_classifier(classifier, train, test, epochs, log)
         meta = {
@@ -189,7 +196,7 @@ def make_extractor(kind, dataset, data_dir, cache_dir, train_examples, epochs, s
             return inception_extractor()
         except Exception as error:  # no weights and no network: say so in one line
             raise ValueError(
-                f"InceptionV3 ImageNet weights are not available ({error}); set fid_features to \"classifier\""
+                f'InceptionV3 ImageNet weights are not available ({error}); set fid_features to "classifier"'
             ) from None
     return classifier_extractor(dataset, data_dir, cache_dir, train_examples, epochs, seed, download, log=log)
 

@@ -52,8 +52,14 @@ def from_model(model, name=None):
     def sample_prior(n, seed):
         return tf.cast(model.prior.sample(n, seed=seed), tf.float32)
 
-    return Autoencoder(encode_mean=encode_mean, stddev=stddev, decode=decode, sample_prior=sample_prior,
-                       image_shape=tuple(model.image_shape), name=name or model.registry_name)  # fmt: skip
+    return Autoencoder(
+        encode_mean=encode_mean,
+        stddev=stddev,
+        decode=decode,
+        sample_prior=sample_prior,
+        image_shape=tuple(model.image_shape),
+        name=name or model.registry_name,
+    )
 
 
 def from_saved_model(directory, name):
@@ -75,5 +81,11 @@ def from_saved_model(directory, name):
     def decode(z):
         return encoder.signatures["decode"](latents=z)["images"]
 
-    return Autoencoder(encode_mean=encode_mean, stddev=stddev, decode=decode, sample_prior=None,
-                       image_shape=encoder.image_shape, name=name)  # fmt: skip
+    return Autoencoder(
+        encode_mean=encode_mean,
+        stddev=stddev,
+        decode=decode,
+        sample_prior=None,
+        image_shape=encoder.image_shape,
+        name=name,
+    )

@@ -17,12 +17,12 @@ import tensorflow as tf
 
 import zoo
 from evaluate import interface, msssim, report
-from evaluate.stage import Common, Context, EvaluationError, load_arrays
+from evaluate.stage_base import Common, Context, EvaluationError, load_arrays
 from evaluate.stages import STAGES
-from serving.layout import is_saved_model, list_versions
 from zoo import data as zoo_data
 from zoo import pretrained
-from zoo.model_dir import ModelDir
+from zoo.export_layout import is_saved_model, list_versions
+from zoo.model_dir import ModelDir, ModelDirError, atomic_open
 
 
 def default_stages():
@@ -30,11 +30,12 @@ def default_stages():
     return [stage() for stage in STAGES.values()]
 
 
-def resolve_tasks(dataset, tasks):
-    """The tasks to probe, checked against the dataset: {task: num_classes}."""
-    spec = zoo_data.get_spec(dataset)
-    if not spec.tasks:
-        raise EvaluationError(f"dataset {dataset!r} has no classification task to probe")
+def resolve_tasks(dataset, tasks, data_dir=None):
+    """The tasks to probe, checked against the dataset (image_folder's: data_dir's labels): {task: num_classes}."""
+    spec = zoo_data.get_spec(dataset, data_dir)
+    if not spec.tasks:  # image_folder without labels, or without its data_dir
+        given = f"data_dir {data_dir}" if data_dir else "no data_dir given"
+        raise EvaluationError(f"dataset {dataset!r} has no classification task to probe ({given})")
     if not tasks:
         return dict(spec.tasks)
     missing = [t for t in tasks if t not in spec.tasks]
@@ -45,52 +46,79 @@ def resolve_tasks(dataset, tasks):
     return {t: spec.tasks[t] for t in tasks}
 
 
+def _existing(data_dir):
+    """A recorded data_dir where it exists on this machine (a shipped encoder's may not), else None."""
+    return data_dir if data_dir and os.path.isdir(data_dir) else None
+
+
 def load_model(model_dir):
-    """(the model's `interface.Autoencoder`, its dataset or None) for a trained model directory or an exported
-    encoder's SavedModel version directory."""
+    """(the model's `interface.Autoencoder`, its dataset or None, the data_dir it was trained on or None) for a
+    trained model directory or an exported encoder's SavedModel version directory."""
     if not os.path.isdir(model_dir):
         raise EvaluationError(f"model_dir {model_dir!r} does not exist")
     if is_saved_model(model_dir):
         try:
             card = pretrained.read_model_card(model_dir)
         except FileNotFoundError:
-            raise EvaluationError(f"{model_dir!r} is a SavedModel without the model card export.encoder writes "
-                                  "(assets/model_card.json)") from None  # fmt: skip
-        return interface.from_saved_model(model_dir, name=card.get("model_type")), card.get("dataset")
-    config = ModelDir(model_dir).read_config()
+            raise EvaluationError(
+                f"{model_dir!r} is a SavedModel without the model card export.encoder writes (assets/model_card.json)"
+            ) from None
+        data_dir = _existing((card.get("training_flags") or {}).get("data_dir"))
+        return interface.from_saved_model(model_dir, name=card.get("model_type")), card.get("dataset"), data_dir
+    directory = ModelDir(model_dir)
+    config = directory.read_config()
     try:
         keras_model = zoo.load(model_dir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ModelDirError) as error:
         raise EvaluationError(str(error)) from None
-    return interface.from_model(keras_model, name=config.get("model")), config.get("dataset")
+    data_dir = _existing(directory.read_flags().get("data_dir"))
+    return interface.from_model(keras_model, name=config.get("model")), config.get("dataset"), data_dir
 
 
 def evaluate_model(model_dir, output_dir, stages=None, common=None, dataset=None, data_dir=None, log=print):
-    """Runs `stages` (default: all) on the model in `model_dir`; writes and returns the result dict."""
+    """Runs `stages` (default: all) on the model in `model_dir`; writes and returns the result dict.
+
+    `data_dir` defaults to the one the model was trained on (its flags.json, or its model card's training flags)
+    where that exists here and the dataset is the one it was trained on.
+    """
     stages = sorted(default_stages() if stages is None else stages, key=lambda s: list(STAGES).index(s.name))
     common = common or Common()
-    model, model_dataset = load_model(model_dir)
+    model, model_dataset, model_data_dir = load_model(model_dir)
     dataset = dataset or model_dataset
     if not dataset:
         raise EvaluationError(f"no dataset given and {model_dir!r} has no config.json (or model card) naming one")
+    if data_dir is None and dataset == model_dataset:
+        data_dir = model_data_dir
     try:
-        spec = zoo_data.get_spec(dataset)
+        spec = zoo_data.get_spec(dataset, data_dir)
     except ValueError as error:
         raise EvaluationError(str(error)) from None
     if model.image_shape != tuple(spec.image_shape):
         raise EvaluationError(
             f"the model takes {model.image_shape} images but dataset {dataset!r} has {tuple(spec.image_shape)} images"
         )
-    tasks = resolve_tasks(dataset, common.tasks)
+    tasks = resolve_tasks(dataset, common.tasks, data_dir)
     for stage in stages:
-        stage.check_inputs(dataset, tasks)
+        stage.check_inputs(dataset, tasks, data_dir)
+    zoo_data.check_available(dataset, data_dir, common.download)  # before anything is written
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(common.seed)
     images, labels = load_arrays(dataset, "test", common.num_examples, data_dir, common.download)
-    context = Context(model=model, dataset=dataset, images=images, labels=labels, tasks=tasks, common=common,
-                      output_dir=output_dir, data_dir=data_dir, log=log)  # fmt: skip
-    log(f"evaluating {model.name} from {model_dir} on {len(context.images)} {dataset} test examples; "
-        f"stages: {', '.join(s.name for s in stages)}")  # fmt: skip
+    context = Context(
+        model=model,
+        dataset=dataset,
+        images=images,
+        labels=labels,
+        tasks=tasks,
+        common=common,
+        output_dir=output_dir,
+        data_dir=data_dir,
+        log=log,
+    )
+    log(
+        f"evaluating {model.name} from {model_dir} on {len(context.images)} {dataset} test examples; "
+        f"stages: {', '.join(s.name for s in stages)}"
+    )
     result = {"model": model.name, "model_dir": os.path.abspath(model_dir), "dataset": dataset}
     result.update({key: None for stage in STAGES.values() for key in stage.results})
     for stage in stages:
@@ -114,7 +142,7 @@ def evaluate_model(model_dir, output_dir, stages=None, common=None, dataset=None
 def write_outputs(result, output_dir):
     directory = ModelDir(output_dir)
     report.write_json(result, directory.robustness_file)
-    with open(directory.robustness_report, "w") as f:
+    with atomic_open(directory.robustness_report) as f:
         f.write(report.markdown(result))
     report.plot_accuracy([result], os.path.join(output_dir, "accuracy_vs_epsilon.png"))
     report.plot_ae_attacks([result], os.path.join(output_dir, "ae_attacks.png"))
@@ -159,8 +187,18 @@ def compare(paths, output_dir, labels=None):
     return results, report.write_comparison(results, labels_for(paths, labels), output_dir)
 
 
-def run(model_dirs=(), output_dir=None, *, compare_paths=(), labels=None, dataset=None, data_dir=None, stages=None,
-        common=None, log=print):  # fmt: skip
+def run(
+    model_dirs=(),
+    output_dir=None,
+    *,
+    compare_paths=(),
+    labels=None,
+    dataset=None,
+    data_dir=None,
+    stages=None,
+    common=None,
+    log=print,
+):
     """Evaluates the models in `model_dirs`, or compares the results in `compare_paths`; returns the results.
 
     One model is written to `output_dir`; several to `output_dir/<label>/` each, then side by side to
@@ -181,10 +219,14 @@ def run(model_dirs=(), output_dir=None, *, compare_paths=(), labels=None, datase
         if not ModelDir(model_dir).has_model() and not is_saved_model(model_dir):
             versions = list_versions(model_dir)
             if versions:  # a TF Serving model base path: name the version to audit
-                raise EvaluationError(f"{model_dir!r} holds exported versions {sorted(versions)}: give one version's "
-                                      f"directory, e.g. {versions[max(versions)]!r}")  # fmt: skip
-            raise EvaluationError(f"no trained model in {model_dir!r} (expected {ModelDir(model_dir).model_file}, "
-                                  "or an exported encoder's saved_model.pb)")  # fmt: skip
+                raise EvaluationError(
+                    f"{model_dir!r} holds exported versions {sorted(versions)}: give one version's "
+                    f"directory, e.g. {versions[max(versions)]!r}"
+                )
+            raise EvaluationError(
+                f"no trained model in {model_dir!r} (expected {ModelDir(model_dir).model_file}, "
+                "or an exported encoder's saved_model.pb)"
+            )
     names = labels_for(model_dirs, labels)
     results = []
     for model_dir, label in zip(model_dirs, names):

@@ -97,8 +97,9 @@ def attacks_phrase(budgets, cascade):
         return f"{attacks} only (a quick check, not a worst case)"
     return f"worst case per example over {attacks} (L-inf, pixels in [0, 1])" + (
         ", run as AutoAttack's cascade (each attack only on the examples every earlier one left correct)"
-        if cascade else ""
-    )  # fmt: skip
+        if cascade
+        else ""
+    )
 
 
 def per_attack_table(result):
@@ -108,15 +109,18 @@ def per_attack_table(result):
         return ""
     cascade = is_cascade(result)
     epsilons = [e for e in _epsilons(result) if float(e) > 0]
-    lines = ["| task | attack | " + " | ".join(f"eps={e}" for e in epsilons) + " |",
-             "|---|---|" + "---|" * len(epsilons)]  # fmt: skip
+    lines = [
+        "| task | attack | " + " | ".join(f"eps={e}" for e in epsilons) + " |",
+        "|---|---|" + "---|" * len(epsilons),
+    ]
     for task, attacks in per_attack.items():
         for i, (attack, per_epsilon) in enumerate(attacks.items()):
             name = f"+ {attack}" if cascade and i else attack
             lines.append(f"| {task} | {name} | " + " | ".join(_percent(per_epsilon.get(e)) for e in epsilons) + " |")
         worst = result["adversarial_accuracy"][task]
-        lines.append(f"| {task} | **worst case** | " + " | ".join(f"**{_percent(worst.get(e))}**" for e in epsilons)
-                     + " |")  # fmt: skip
+        lines.append(
+            f"| {task} | **worst case** | " + " | ".join(f"**{_percent(worst.get(e))}**" for e in epsilons) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -143,17 +147,21 @@ def _radius_and_masking(result):
     out = []
     radius = result.get("robustness_radius") or {}
     if radius:
-        out.append("\n### Robustness radius (L-inf, worst case)\n\nPer example, the smallest radius at which the "
-                   "worst case flips the probe (bisection on a fixed random subset; `radius.png` shows the "
-                   "distribution). Median over the examples classified correctly clean, and over all (radius 0 where "
-                   "the clean prediction is wrong).\n\n"
-                   "| task | median (correct clean) | median (all) | examples | wrong clean | unbroken at max radius "
-                   "| resolution |\n|---|---|---|---|---|---|---|\n")  # fmt: skip
+        out.append(
+            "\n### Robustness radius (L-inf, worst case)\n\nPer example, the smallest radius at which the "
+            "worst case flips the probe (bisection on a fixed random subset; `radius.png` shows the "
+            "distribution). Median over the examples classified correctly clean, and over all (radius 0 where "
+            "the clean prediction is wrong).\n\n"
+            "| task | median (correct clean) | median (all) | examples | wrong clean | unbroken at max radius "
+            "| resolution |\n|---|---|---|---|---|---|---|\n"
+        )
         for task, r in radius.items():
-            out.append(f"| {task} | {format_radius(r.get('median_correct'), r['max_radius'])} | "
-                       f"{format_radius(r['median'], r['max_radius'])} | {r['examples']} | "
-                       f"{_percent(r['clean_wrong_fraction'])}% | {_percent(r['censored_fraction'])}% | "
-                       f"{_number(r['resolution'], 4)} |\n")  # fmt: skip
+            out.append(
+                f"| {task} | {format_radius(r.get('median_correct'), r['max_radius'])} | "
+                f"{format_radius(r['median'], r['max_radius'])} | {r['examples']} | "
+                f"{_percent(r['clean_wrong_fraction'])}% | {_percent(r['censored_fraction'])}% | "
+                f"{_number(r['resolution'], 4)} |\n"
+            )
     masking = result.get("gradient_masking")
     if masking:
         verdict = "**FLAGGED: possible gradient masking**" if masking["flagged"] else "not flagged"
@@ -162,13 +170,16 @@ def _radius_and_masking(result):
             checks = []
             free = {e: f for e, f in (m.get("gradient_free_only") or {}).items() if f is not None}
             if free:
-                checks.append("broken by the gradient-free attack only: "
-                              + ", ".join(f"{_percent(f)}% at eps={e}" for e, f in free.items()))  # fmt: skip
+                checks.append(
+                    "broken by the gradient-free attack only: "
+                    + ", ".join(f"{_percent(f)}% at eps={e}" for e, f in free.items())
+                )
             else:
                 checks.append("gradient-free vs gradient attacks not compared (the run lacks one kind)")
             if m.get("accuracy_at_large_radius") is not None:
-                checks.append(f"worst-case accuracy {_percent(m['accuracy_at_large_radius'])}% at "
-                              f"eps={masking['large_radius']:g}")  # fmt: skip
+                checks.append(
+                    f"worst-case accuracy {_percent(m['accuracy_at_large_radius'])}% at eps={masking['large_radius']:g}"
+                )
             reasons = f" **{'; '.join(m['reasons'])}**" if m["flagged"] else ""
             out.append(f"- {task}: {'; '.join(checks)} (tolerance {_percent(masking['tolerance'])}%).{reasons}\n")
     budgets = result.get("attack_budgets")
@@ -203,14 +214,19 @@ def markdown(result):
         how += "; the numbers quoted are this worst case" if len(budgets) > 1 else ""
     else:  # a robustness.json written before the attack ensemble
         how = f"L-inf PGD ({settings.get('pgd_steps')} steps, {settings.get('restarts')} restarts)"
-    out.append(f"\n## Downstream adversarial accuracy (%)\n\nLinear probes on f_mu, {how}; "
-               f"{settings.get('num_examples')} test examples.\n\n")  # fmt: skip
+    out.append(
+        f"\n## Downstream adversarial accuracy (%)\n\nLinear probes on f_mu, {how}; "
+        f"{settings.get('num_examples')} test examples.\n\n"
+    )
     out.append(accuracy_table(result))
     table = per_attack_table(result)
     if table:
-        out.append("\nIn AutoAttack's cascade, each attack only on the examples every earlier one left correct (the "
-                   "accuracy after it and every attack above it):\n\n"
-                   if is_cascade(result) else "\nEach attack alone:\n\n")  # fmt: skip
+        out.append(
+            "\nIn AutoAttack's cascade, each attack only on the examples every earlier one left correct (the "
+            "accuracy after it and every attack above it):\n\n"
+            if is_cascade(result)
+            else "\nEach attack alone:\n\n"
+        )
         out.append(table)
     out.append(_radius_and_masking(result))
     mse = result.get("mse") or {}
@@ -297,7 +313,8 @@ def _task_panels(results, labels, key, path, line, xlabel, ylabel, marker=None):
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with model_dir.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return path
 
@@ -309,8 +326,16 @@ def plot_accuracy(results, path, labels=None):
         epsilons = sorted(per_epsilon, key=float)
         return [float(e) for e in epsilons], [100.0 * per_epsilon[e] for e in epsilons]
 
-    return _task_panels(results, labels, "adversarial_accuracy", path, line, "attack radius epsilon (L-inf)",
-                        "adversarial accuracy (%)", marker="o")  # fmt: skip
+    return _task_panels(
+        results,
+        labels,
+        "adversarial_accuracy",
+        path,
+        line,
+        "attack radius epsilon (L-inf)",
+        "adversarial accuracy (%)",
+        marker="o",
+    )
 
 
 def plot_ae_attacks(results, path, labels=None):
@@ -339,7 +364,8 @@ def plot_ae_attacks(results, path, labels=None):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with model_dir.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return path
 
@@ -359,7 +385,8 @@ def plot_chain(images, path):
             if i == 0:
                 ax.set_title("x" if k == 0 else f"k={k}", fontsize=8)
     figure.tight_layout(pad=0.1)
-    figure.savefig(path, dpi=100)
+    with model_dir.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return path
 
@@ -386,7 +413,8 @@ def plot_margin(bound, empirical_lo, empirical_hi, path):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with model_dir.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return path
 
@@ -407,8 +435,9 @@ def plot_radius(result, path):
         upper = top * 1.1 if censored else max(float(values.max()) * 1.1, 4 * r["resolution"])
         ax.hist(values, bins=np.linspace(0, upper, 41), color="tab:blue", alpha=0.8)
         if r.get("median_correct") is not None:
-            ax.axvline(r["median_correct"], color="k", ls="--", lw=1,
-                       label=f"median (correct clean) {r['median_correct']:.3f}")  # fmt: skip
+            ax.axvline(
+                r["median_correct"], color="k", ls="--", lw=1, label=f"median (correct clean) {r['median_correct']:.3f}"
+            )
             ax.legend(fontsize=8)
         if censored:
             ax.axvline(top, color="tab:red", lw=1)
@@ -418,7 +447,8 @@ def plot_radius(result, path):
     for ax in list(axes.flat)[len(radius) :]:
         ax.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with model_dir.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return path
 
@@ -431,8 +461,9 @@ def plot_radius_comparison(results, path, labels=None):
         grid = np.linspace(0, radius["max_radius"], 101)
         return grid, [100.0 * np.mean(values > g) for g in grid]
 
-    return _task_panels(results, labels, "robustness_radius", path, line, "radius eps (L-inf)",
-                        "examples with radius > eps (%)")  # fmt: skip
+    return _task_panels(
+        results, labels, "robustness_radius", path, line, "radius eps (L-inf)", "examples with radius > eps (%)"
+    )
 
 
 _HEADLINE_AE_METRICS = (
@@ -478,9 +509,11 @@ def comparison_markdown(results, labels):
     note = ""
     if len(features) > 1:
         note = "\n**Warning:** these FIDs use different feature extractors and are not comparable.\n"
-    what = ("Accuracy (%): the worst case per example over the attacks in the `attacks` column (see each model's "
-            "robustness.md; numbers from different attack sets are not comparable); radius: median L-inf robustness "
-            "radius; masking: the gradient-masking check.\n\n")
+    what = (
+        "Accuracy (%): the worst case per example over the attacks in the `attacks` column (see each model's "
+        "robustness.md; numbers from different attack sets are not comparable); radius: median L-inf robustness "
+        "radius; masking: the gradient-masking check.\n\n"
+    )
     return "# Robustness comparison\n\n" + what + "\n".join(lines) + "\n" + note
 
 
@@ -488,10 +521,13 @@ def write_comparison(results, labels, output_dir):
     """comparison.md and comparison_{accuracy,ae_attacks,radius}.png in output_dir; returns the paths written."""
     os.makedirs(output_dir, exist_ok=True)
     paths = [os.path.join(output_dir, "comparison.md")]
-    with open(paths[0], "w") as f:
+    with model_dir.atomic_open(paths[0]) as f:
         f.write(comparison_markdown(results, labels))
-    plots = (("comparison_accuracy.png", plot_accuracy), ("comparison_ae_attacks.png", plot_ae_attacks),
-             ("comparison_radius.png", plot_radius_comparison))
+    plots = (
+        ("comparison_accuracy.png", plot_accuracy),
+        ("comparison_ae_attacks.png", plot_ae_attacks),
+        ("comparison_radius.png", plot_radius_comparison),
+    )
     for name, plot in plots:
         written = plot(results, os.path.join(output_dir, name), labels)
         if written:

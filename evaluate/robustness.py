@@ -17,7 +17,7 @@ results already computed are compared without rerunning:
     python -m evaluate.robustness --compare=O1/robustness.json,O2/robustness.json --output_dir=O
 
 This module only turns flags into the arguments of `evaluate.run`. The settings flags (`--pgd_steps`,
-`--epsilons`, ...) are generated from the fields of `evaluate.stage.Common` and of each stage in
+`--epsilons`, ...) are generated from the fields of `evaluate.stage_base.Common` and of each stage in
 `evaluate.stages`, with their help and defaults.
 """
 
@@ -31,7 +31,7 @@ from absl import app, flags  # noqa: E402
 
 import evaluate  # noqa: E402
 from evaluate import stages as stage_registry  # noqa: E402
-from evaluate.stage import Common, EvaluationError  # noqa: E402
+from evaluate.stage_base import Common, EvaluationError  # noqa: E402
 from zoo import data as zoo_data  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -40,25 +40,40 @@ FLAGS = flags.FLAGS
 def _settings():
     """{name: (field, base type, element type, owner)} for every setting of Common and of every stage."""
     owners = stage_registry.setting_owners()
-    return {field.name: (field, kind, element, owners[field.name])
-            for owner in (Common, *stage_registry.STAGES.values())
-            for field, kind, element in owner.typed_fields()}  # fmt: skip
+    return {
+        field.name: (field, kind, element, owners[field.name])
+        for owner in (Common, *stage_registry.STAGES.values())
+        for field, kind, element in owner.typed_fields()
+    }
 
 
 def define_flags(flag_values=FLAGS, module_name=__name__):
     """The command line's own flags, and one flag per setting (type, default, help and choices from its field)."""
     kwargs = dict(flag_values=flag_values, module_name=module_name)
-    flags.DEFINE_multi_string("model_dir", None, "Trained model directory (model.keras, config.json), or an "
-                              "exported encoder's SavedModel version directory (export.encoder's, e.g. "
-                              "zoo.pretrained.path(name)); repeat to compare.", **kwargs)  # fmt: skip
+    flags.DEFINE_multi_string(
+        "model_dir",
+        None,
+        "Trained model directory (model.keras, config.json), or an "
+        "exported encoder's SavedModel version directory (export.encoder's, e.g. "
+        "zoo.pretrained.path(name)); repeat to compare.",
+        **kwargs,
+    )
     flags.DEFINE_list("compare", None, "robustness.json files to compare side by side (no evaluation).", **kwargs)
-    flags.DEFINE_list("labels", None, "Names of the compared models in plots and tables (default: directory names).",
-                      **kwargs)  # fmt: skip
+    flags.DEFINE_list(
+        "labels", None, "Names of the compared models in plots and tables (default: directory names).", **kwargs
+    )
     flags.DEFINE_string("dataset", None, "Dataset; default: the one in model_dir/config.json.", **kwargs)
-    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.", **kwargs)
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "tensorflow-datasets data directory, or image_folder's folder; default: the "
+        "one the model was trained on, where it exists.",
+        **kwargs,
+    )
     flags.DEFINE_string("output_dir", None, "Where robustness.json, the table and the plots go.", **kwargs)
-    flags.DEFINE_list("stages", list(stage_registry.STAGES), "Stages to run, from: " + ", ".join(stage_registry.STAGES),
-                      **kwargs)  # fmt: skip
+    flags.DEFINE_list(
+        "stages", list(stage_registry.STAGES), "Stages to run, from: " + ", ".join(stage_registry.STAGES), **kwargs
+    )
     for field, kind, element, owner in _settings().values():
         help_text = field.metadata["help"] + ("" if owner is Common else f" [{owner.name} stage]")
         default, choices = field.default, field.metadata.get("choices")
@@ -69,8 +84,12 @@ def define_flags(flag_values=FLAGS, module_name=__name__):
         elif kind is str and choices:
             flags.DEFINE_enum(field.name, default, list(choices), help_text, **kwargs)
         else:
-            define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-                      str: flags.DEFINE_string}[kind]  # fmt: skip
+            define = {
+                bool: flags.DEFINE_bool,
+                int: flags.DEFINE_integer,
+                float: flags.DEFINE_float,
+                str: flags.DEFINE_string,
+            }[kind]
             define(field.name, default, help_text, **kwargs)
 
 
@@ -109,9 +128,16 @@ def run_from_flags(flag_values=FLAGS):
     try:
         common = Common(**{name: value for name, value in settings.items() if owners[name] is Common})
         stages = stage_registry.build(values.stages, **settings)
-        return evaluate.run(values.model_dir or (), values.output_dir, compare_paths=values.compare or (),
-                            labels=values.labels, dataset=values.dataset, data_dir=values.data_dir, stages=stages,
-                            common=common)  # fmt: skip
+        return evaluate.run(
+            values.model_dir or (),
+            values.output_dir,
+            compare_paths=values.compare or (),
+            labels=values.labels,
+            dataset=values.dataset,
+            data_dir=values.data_dir,
+            stages=stages,
+            common=common,
+        )
     except (EvaluationError, zoo_data.DataUnavailableError) as error:
         _fail(str(error))
 

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from evaluate.stage import mix_seeds
+from evaluate.stage_base import mix_seeds
 from zoo import attacks as zoo_attacks
 
 ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square")
@@ -75,20 +75,42 @@ class Budgets:
 
     def describe(self, attack):
         if attack == "pgd":
-            return {"implementation": "zoo.attacks.pgd", "loss": "cross-entropy", "steps": self.pgd_steps,
-                    "restarts": self.pgd_restarts, "step_size": "2.5 eps / steps", "random_start": True}  # fmt: skip
+            return {
+                "implementation": "zoo.attacks.pgd",
+                "loss": "cross-entropy",
+                "steps": self.pgd_steps,
+                "restarts": self.pgd_restarts,
+                "step_size": "2.5 eps / steps",
+                "random_start": True,
+            }
         if attack == "apgd-ce":
-            return {"implementation": f"art {art_version()} AutoProjectedGradientDescent", "loss": "cross_entropy",
-                    "targeted": False, "iterations": self.apgd_steps, "restarts": self.apgd_restarts,
-                    "first_step": "2 eps"}  # fmt: skip
+            return {
+                "implementation": f"art {art_version()} AutoProjectedGradientDescent",
+                "loss": "cross_entropy",
+                "targeted": False,
+                "iterations": self.apgd_steps,
+                "restarts": self.apgd_restarts,
+                "first_step": "2 eps",
+            }
         if attack == "apgd-dlr":
-            return {"implementation": f"art {art_version()} AutoProjectedGradientDescent",
-                    "loss": "difference_logits_ratio", "targeted": True, "target_classes": self.dlr_targets,
-                    "iterations": self.apgd_steps, "restarts": self.apgd_restarts, "first_step": "2 eps",
-                    "min_classes": DLR_MIN_CLASSES}  # fmt: skip
+            return {
+                "implementation": f"art {art_version()} AutoProjectedGradientDescent",
+                "loss": "difference_logits_ratio",
+                "targeted": True,
+                "target_classes": self.dlr_targets,
+                "iterations": self.apgd_steps,
+                "restarts": self.apgd_restarts,
+                "first_step": "2 eps",
+                "min_classes": DLR_MIN_CLASSES,
+            }
         if attack == "square":
-            return {"implementation": f"art {art_version()} SquareAttack", "loss": "logit margin",
-                    "queries": self.square_queries, "restarts": self.square_restarts, "p_init": 0.8}  # fmt: skip
+            return {
+                "implementation": f"art {art_version()} SquareAttack",
+                "loss": "logit margin",
+                "queries": self.square_queries,
+                "restarts": self.square_restarts,
+                "p_init": 0.8,
+            }
         raise ValueError(f"unknown attack {attack!r}; choose one of: {', '.join(ATTACKS)}")
 
 
@@ -120,8 +142,18 @@ def make_pgd_correct(logits_fn, steps, restarts):
     def pgd_correct(x, labels, epsilon, seed):
         # Always one radius per example: a retrace relaxed over a scalar and a vector would lose the rank.
         epsilon = tf.reshape(tf.broadcast_to(tf.cast(epsilon, x.dtype), tf.shape(x)[:1]), [-1])
-        x_adv = zoo_attacks.pgd(attack_objective(logits_fn, labels), x, epsilon, steps, norm="linf", restarts=restarts,
-                                random_start=True, seed=seed, clip_min=0.0, clip_max=1.0)  # fmt: skip
+        x_adv = zoo_attacks.pgd(
+            attack_objective(logits_fn, labels),
+            x,
+            epsilon,
+            steps,
+            norm="linf",
+            restarts=restarts,
+            random_start=True,
+            seed=seed,
+            clip_min=0.0,
+            clip_max=1.0,
+        )
         return tf.equal(tf.argmax(logits_fn(x_adv), axis=-1, output_type=labels.dtype), labels)
 
     return pgd_correct
@@ -218,12 +250,16 @@ class AttackSuite:
         """ART's view of the classifier with `loss` ("cross_entropy" or "dlr"), built on first use."""
         if loss not in self._classifiers:
             classifier_class, _, _ = _art()
-            loss_object = (DifferenceLogitsRatio() if loss == "dlr"
-                           else keras.losses.CategoricalCrossentropy(from_logits=True))  # fmt: skip
+            loss_object = (
+                DifferenceLogitsRatio() if loss == "dlr" else keras.losses.CategoricalCrossentropy(from_logits=True)
+            )
             self._classifiers[loss] = classifier_class(
-                _Logits(self.logits_fn), nb_classes=self.num_classes, input_shape=self.image_shape,
-                loss_object=loss_object, clip_values=(0.0, 1.0),
-            )  # fmt: skip
+                _Logits(self.logits_fn),
+                nb_classes=self.num_classes,
+                input_shape=self.image_shape,
+                loss_object=loss_object,
+                clip_values=(0.0, 1.0),
+            )
         return self._classifiers[loss]
 
     def logits(self, x):
@@ -302,19 +338,43 @@ class AttackSuite:
         b = self.budgets
         with _art_call(seed):
             if attack == "square":
-                square = square_class(self.classifier(), norm=np.inf, eps=epsilon, max_iter=b.square_queries,
-                                      nb_restarts=b.square_restarts, batch_size=len(x), verbose=False)  # fmt: skip
+                square = square_class(
+                    self.classifier(),
+                    norm=np.inf,
+                    eps=epsilon,
+                    max_iter=b.square_queries,
+                    nb_restarts=b.square_restarts,
+                    batch_size=len(x),
+                    verbose=False,
+                )
                 candidates = [square.generate(x, y=one_hot)]
             elif attack == "apgd-ce":
-                apgd = apgd_class(self.classifier(), norm=np.inf, eps=epsilon, eps_step=2 * epsilon,
-                                  max_iter=b.apgd_steps, nb_random_init=b.apgd_restarts, batch_size=len(x),
-                                  loss_type="cross_entropy", verbose=False)  # fmt: skip
+                apgd = apgd_class(
+                    self.classifier(),
+                    norm=np.inf,
+                    eps=epsilon,
+                    eps_step=2 * epsilon,
+                    max_iter=b.apgd_steps,
+                    nb_random_init=b.apgd_restarts,
+                    batch_size=len(x),
+                    loss_type="cross_entropy",
+                    verbose=False,
+                )
                 candidates = [apgd.generate(x, y=one_hot)]
             else:  # apgd-dlr: targeted, one run per target class, most likely wrong classes first
                 # loss_type=None: APGD uses the classifier's own loss, the vectorised DLR above.
-                apgd = apgd_class(self.classifier("dlr"), norm=np.inf, eps=epsilon, eps_step=2 * epsilon,
-                                  max_iter=b.apgd_steps, targeted=True, nb_random_init=b.apgd_restarts,
-                                  batch_size=len(x), loss_type=None, verbose=False)  # fmt: skip
+                apgd = apgd_class(
+                    self.classifier("dlr"),
+                    norm=np.inf,
+                    eps=epsilon,
+                    eps_step=2 * epsilon,
+                    max_iter=b.apgd_steps,
+                    targeted=True,
+                    nb_random_init=b.apgd_restarts,
+                    batch_size=len(x),
+                    loss_type=None,
+                    verbose=False,
+                )
                 logits = self.logits(x)
                 logits[np.arange(len(x)), y] = -np.inf
                 ranked = np.argsort(-logits, axis=1)
@@ -371,8 +431,10 @@ def robustness_radius(suite, x, y, max_radius, steps, salt=0, log=None):
         start = time.perf_counter()
         robust = suite.worst_case_correct(x[index], y[index], epsilon, salt=mix_seeds(salt, step))
         if log is not None:
-            log(f"step {step}/{steps}: {len(index)} examples, "
-                f"{len(index) / max(time.perf_counter() - start, 1e-9):.2f} examples/s")  # fmt: skip
+            log(
+                f"step {step}/{steps}: {len(index)} examples, "
+                f"{len(index) / max(time.perf_counter() - start, 1e-9):.2f} examples/s"
+            )
         return robust
 
     broken_at_max = ~attack(np.arange(len(x)), max_radius, 0) & clean
@@ -402,7 +464,7 @@ def radius_summary(radius, max_radius, steps):
         "median": median(radius),
         "median_correct": median(radius[radius > 0]),
         "median_rule": "median: over the subset, radius 0 where the clean prediction is wrong; median_correct: over "
-                       "the examples classified correctly clean; null when more than half are unbroken at max_radius",
+        "the examples classified correctly clean; null when more than half are unbroken at max_radius",
         "examples": int(len(radius)),
         "max_radius": float(max_radius),
         "search_steps": int(steps),

@@ -6,7 +6,7 @@ loads `M/model.keras` and writes `E/N/<V, or the next integer>/` atomically
 (a temporary directory beside it, then one rename), so a server polling
 `E/N` never sees a half-written version. It also writes, for the real
 `tensorflow_model_server`, `E/models.config` (one entry per exported model)
-and `E/batching_parameters.txt`.
+and `E/batching_parameters.txt`. These names and the layout are `zoo.export_layout`'s.
 
 The export contract (names and shapes are stable; the batch dimension is
 None; H, W, C and D are the model's image shape and latent dimension):
@@ -15,8 +15,9 @@ None; H, W, C and D are the model's image shape and latent dimension):
   `embedding` float32 [None, D] (posterior mean), `stddev` float32 [None, D]
   (posterior standard deviation; zeros for a deterministic model).
 - `encode_image`: `image_bytes` string [None] (JPEG/PNG/BMP/GIF bytes, as TF
-  Serving clients send them with {"b64": ...}), decoded to C channels and
-  resized to H x W -> `embedding`, `stddev`.
+  Serving clients send them with {"b64": ...}), decoded to C channels and,
+  when of another size, centre-cropped and resized to H x W as training read
+  its dataset's images (`zoo.data.crop_and_resize`) -> `embedding`, `stddev`.
 - `reconstruct`: `images` -> `reconstruction` float32 [None, H, W, C].
 - `decode`: `latents` float32 [None, D] -> `images` float32 [None, H, W, C].
 - The TF Hub reusable SavedModel API on the same object: `__call__(images,
@@ -42,21 +43,18 @@ import os
 import shutil
 import tempfile
 
-from serving.layout import next_version
 from zoo import console
+from zoo.export_layout import BATCHING_PARAMETERS, MODEL_CARD, MODEL_CARD_JSON, MODELS_CONFIG, next_version
 
 if __name__ == "__main__":
     console.quiet_tensorflow()  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
+from zoo import data as zoo_data  # noqa: E402
 from zoo import registry  # noqa: E402
 from zoo.model_dir import ModelDir, init_from_chain  # noqa: E402
 
-MODEL_CARD = "model_card.md"
-MODEL_CARD_JSON = "model_card.json"
-MODELS_CONFIG = "models.config"
-BATCHING_PARAMETERS = "batching_parameters.txt"
 SIGNATURES = ("serving_default", "encode_image", "reconstruct", "decode")
 
 # Written beside the models for `tensorflow_model_server --enable_batching`;
@@ -78,12 +76,13 @@ class EncoderExportModule(tf.Module):
     trainable_variables = None
     regularization_losses = None
 
-    def __init__(self, model, model_card_paths=()):
+    def __init__(self, model, model_card_paths=(), crop=None):
         super().__init__(name="encoder_export")
         object.__setattr__(self, "_model", model)  # not tracked: its variables are, below
         height, width, channels = (int(d) for d in model.image_shape)
         self._image_size = (height, width)
         self._channels = channels
+        self._crop = crop  # what training cropped an image of another size to (`zoo.data.crop_and_resize`)
         latent_dim = int(model.latent_dim)
         images = tf.TensorSpec([None, height, width, channels], tf.float32, name="images")
         image_bytes = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -123,7 +122,7 @@ class EncoderExportModule(tf.Module):
         image = tf.cond(
             tf.reduce_all(size == self._image_size),
             lambda: image,
-            lambda: tf.image.resize(image, self._image_size, antialias=True),
+            lambda: zoo_data.crop_and_resize(image, self._image_size, self._crop),
         )
         return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [*self._image_size, self._channels])
 
@@ -224,6 +223,25 @@ def _training_lines(stages):
     return lines
 
 
+def _training_data(config, flags):
+    """What the weights were trained on: the dataset, its data directory, the split sizes read there now (None
+    where the data is not on this machine) and how many training examples the run took (all: None)."""
+    dataset, data_dir = config.get("dataset") or flags.get("dataset"), flags.get("data_dir")
+    return {
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "splits": zoo_data.split_sizes(dataset, data_dir) if dataset else None,
+        "train_examples": flags.get("train_examples") or None,
+    }
+
+
+def _splits_text(splits):
+    """ " (N training and M test examples)", or "" when the sizes are not known here."""
+    if not splits or None in splits.values():
+        return ""
+    return f" ({splits['train']:,} training and {splits['test']:,} test examples)"
+
+
 def model_card(model, model_dir):
     """(markdown, dict) describing the exported model."""
     directory = ModelDir(model_dir)
@@ -243,6 +261,8 @@ def model_card(model, model_dir):
         "training_stages": stages,
         "training_steps": None if None in steps else sum(steps),
         "training_flags": flags,
+        "training_data": _training_data(config, flags),
+        "weights_digest": registry.weights_digest(model),  # `zoo.weights_digest`: ties the card to its weights
         "model_config": config,
         "evaluation": evaluation,
         "signatures": list(SIGNATURES),
@@ -252,7 +272,8 @@ def model_card(model, model_dir):
         f"# Model card: {model_type}",
         "",
         f"- Model type: `{model_type}` ({card['model_class']})",
-        f"- Dataset: `{card['dataset']}`",
+        f"- Dataset: `{card['dataset']}`{_splits_text(card['training_data']['splits'])}; weights digest "
+        f"`{card['weights_digest']}` (`zoo.weights_digest`)",
         f"- Architecture: `{card['architecture']}`; images {height}x{width}x{channels} in [0, 1]; "
         f"latent dimension {card['latent_dim']}",
         f"- `stddev` output: {card['stddev']}",
@@ -281,9 +302,13 @@ def model_card(model, model_dir):
     lines += ["", "## Robustness", ""]
     if evaluation is not None:
         attacks = ", ".join(evaluation.get("attack_budgets") or {}) or "not recorded"
-        lines += [f"From `{ModelDir.ROBUSTNESS}` (`python -m evaluate.robustness`): accuracy of a linear probe on "
-                  f"the embedding under the worst case per example of the attacks run ({attacks}), by L-inf "
-                  "radius.", "", robustness_table(evaluation)]  # fmt: skip
+        lines += [
+            f"From `{ModelDir.ROBUSTNESS}` (`python -m evaluate.robustness`): accuracy of a linear probe on "
+            f"the embedding under the worst case per example of the attacks run ({attacks}), by L-inf "
+            "radius.",
+            "",
+            robustness_table(evaluation),
+        ]
     else:
         lines.append(f"(no {ModelDir.ROBUSTNESS} in the model directory at export time)")
     return "\n".join(lines) + "\n", card
@@ -362,8 +387,11 @@ def export(model, export_base, model_name, version=None, model_dir=None):
             f.write(markdown)
         with open(os.path.join(card_dir, MODEL_CARD_JSON), "w") as f:
             json.dump(card, f, indent=2, sort_keys=True, default=str)
+        dataset = card.get("dataset")
         module = EncoderExportModule(
-            model, [os.path.join(card_dir, MODEL_CARD), os.path.join(card_dir, MODEL_CARD_JSON)]
+            model,
+            [os.path.join(card_dir, MODEL_CARD), os.path.join(card_dir, MODEL_CARD_JSON)],
+            crop=zoo_data.DATASETS[dataset].crop if dataset in zoo_data.DATASETS else None,
         )
         saved = os.path.join(work, "saved_model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
@@ -395,8 +423,10 @@ def main(argv):
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"exported {FLAGS.model_name} version {os.path.basename(path)} to {path}")
-    print(f"TF Serving config: {os.path.join(FLAGS.export_base, MODELS_CONFIG)}; batching parameters: "
-          f"{os.path.join(FLAGS.export_base, BATCHING_PARAMETERS)}")  # fmt: skip
+    print(
+        f"TF Serving config: {os.path.join(FLAGS.export_base, MODELS_CONFIG)}; batching parameters: "
+        f"{os.path.join(FLAGS.export_base, BATCHING_PARAMETERS)}"
+    )
 
 
 if __name__ == "__main__":

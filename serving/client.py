@@ -31,7 +31,9 @@ class ServingClientError(RuntimeError):
 
 
 class ServingClient:
-    def __init__(self, server="http://127.0.0.1:8501", model_name="default", version=None, grpc_target=None, timeout=30.0):
+    def __init__(
+        self, server="http://127.0.0.1:8501", model_name="default", version=None, grpc_target=None, timeout=30.0
+    ):
         self.server = server.rstrip("/")
         self.model_name = model_name
         self.version = version

@@ -11,7 +11,8 @@ As in TF Serving: Predict outputs fill the TensorProto's typed fields
 `as_tensor_content`, TF Serving's `--enable_serialization_as_tensor_content`),
 a request runs until the client's deadline, messages may be up to INT32_MAX
 bytes, and `--grpc_channel_arguments` (`key=value,...`, a value that parses
-as a 32-bit integer passed as one) overrides any server channel argument.
+as a 32-bit integer passed as one; `serving.options.parse_channel_arguments`)
+overrides any server channel argument.
 """
 
 import grpc
@@ -68,21 +69,6 @@ def array_to_tensor_proto(array, as_tensor_content=False):
         flat = flat.view(np.uint16)
     getattr(proto, field).extend(flat.tolist())
     return proto
-
-
-def parse_channel_arguments(text):
-    """`--grpc_channel_arguments` ("k=v,k=v") -> {key: int or str}, as TF Serving parses them."""
-    arguments = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
-        try:
-            number = int(value)
-            arguments[key] = number if -(2**31) <= number <= INT32_MAX else value
-        except ValueError:
-            arguments[key] = value
-    return arguments
 
 
 def _version_and_label(model_spec):

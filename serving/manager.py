@@ -1,7 +1,7 @@
 """Loads SavedModel versions, polls for new ones and hot-swaps them.
 
 A model is a base path holding one SavedModel per integer-named version
-directory (`<base>/<version>/saved_model.pb`), as TensorFlow Serving expects.
+directory (`<base>/<version>/saved_model.pb`, `zoo.export_layout`), as TensorFlow Serving expects.
 Any other entry (a temporary export directory, a file) is ignored, so an
 exporter that writes to a temporary directory and renames it is never seen
 half-written.
@@ -42,8 +42,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import batching, errors
 from serving.errors import ServingError, invalid_argument, not_found
-from serving.layout import list_versions
 from serving.tensor_json import NUMPY_DTYPES, dtype_name
+from zoo.export_layout import SAVED_MODEL_PB, SAVED_MODEL_PBTXT, list_versions
 
 log = logging.getLogger("serving")
 
@@ -84,12 +84,12 @@ def read_model_config_file(path):
 def read_meta_graph(path, tags=(SERVE_TAG,)):
     """The MetaGraphDef of a SavedModel whose tag set is exactly `tags`."""
     saved_model = saved_model_pb2.SavedModel()
-    pb = os.path.join(path, "saved_model.pb")
+    pb = os.path.join(path, SAVED_MODEL_PB)
     if os.path.isfile(pb):
         with open(pb, "rb") as f:
             saved_model.ParseFromString(f.read())
     else:
-        with open(os.path.join(path, "saved_model.pbtxt")) as f:
+        with open(os.path.join(path, SAVED_MODEL_PBTXT)) as f:
             text_format.Parse(f.read(), saved_model)
     for meta_graph in saved_model.meta_graphs:
         if set(meta_graph.meta_info_def.tags) == set(tags):
@@ -461,7 +461,9 @@ class ModelManager:
                 )
                 break
             except Exception as error:
-                message = f"Loading servable: {{name: {name} version: {version}}} failed: {type(error).__name__}: {error}"
+                message = (
+                    f"Loading servable: {{name: {name} version: {version}}} failed: {type(error).__name__}: {error}"
+                )
                 log.error("%s (attempt %d of %d)", message, attempt, attempts)
             if attempt == attempts or self._stop.wait(max(self.load_retry_interval_seconds, 0)):
                 with self._lock:
@@ -517,7 +519,9 @@ class ModelManager:
     def _resolve(self, name, version, label):
         model = self._models.get(name)
         if version is not None and label is not None:
-            raise invalid_argument(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+            raise invalid_argument(
+                f"Both model version ({version}) and model version label ({label}) cannot be supplied."
+            )
         if label is not None:
             labels = model.labels if model is not None else {}
             if label not in labels:

@@ -60,7 +60,9 @@ _V1 = re.compile(r"/v1/.*", re.IGNORECASE)
 _PREDICT = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
 )
-_STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+_STATUS = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+)
 _HTTP_ORIGIN = re.compile(rb"https?://")
 _CLASSIFY_METHOD = "tensorflow/serving/classify"
 _REGRESS_METHOD = "tensorflow/serving/regress"
@@ -141,7 +143,9 @@ class RestApi:
             raise invalid_argument("Missing model name in request.")
         version = _version(version)
         if version is not None and label is not None:
-            raise invalid_argument(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+            raise invalid_argument(
+                f"Both model version ({version}) and model version label ({label}) cannot be supplied."
+            )
         if metadata:
             response, signature_map = self.manager.model_metadata(name, version, label)
             body = {
@@ -193,8 +197,10 @@ class RestApi:
         def done(future):
             release()
             if future.cancelled():
-                error = ServingError(errors.DEADLINE_EXCEEDED if expired else errors.CANCELLED,
-                                     "Deadline Exceeded" if expired else "Request cancelled")  # fmt: skip
+                error = ServingError(
+                    errors.DEADLINE_EXCEEDED if expired else errors.CANCELLED,
+                    "Deadline Exceeded" if expired else "Request cancelled",
+                )
                 answer_error(answer, error, "POST", name)
                 return
             try:
@@ -214,7 +220,9 @@ class RestApi:
         if self._sweeping is not loop:  # another loop took over (a handler used by several loops in turn)
             return
         now, deadlines = loop.time(), self._deadlines
-        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now or deadlines[0][1].get_loop() is not loop):
+        while deadlines and (
+            deadlines[0][1].done() or deadlines[0][0] <= now or deadlines[0][1].get_loop() is not loop
+        ):
             _, future, expired = deadlines.popleft()
             if not future.done() and future.get_loop() is loop:
                 expired.append(True)
@@ -238,7 +246,9 @@ class RestApi:
             raise invalid_argument(f"JSON Value: {value_to_string(doc)} 'examples' value is an empty array")
         with self.manager.acquire(name, version, label) as servable:
             signature = servable.signature(signature_name)
-            wanted, kind = (_CLASSIFY_METHOD, "classification") if verb == "classify" else (_REGRESS_METHOD, "regression")
+            wanted, kind = (
+                (_CLASSIFY_METHOD, "classification") if verb == "classify" else (_REGRESS_METHOD, "regression")
+            )
             if signature.method_name != wanted:
                 raise invalid_argument(
                     f"Expected {kind} signature method_name to be {wanted}. Was: {signature.method_name}"

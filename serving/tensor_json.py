@@ -44,20 +44,45 @@ DT_INT64, DT_BOOL, DT_HALF, DT_UINT32, DT_UINT64, DT_UINT16, DT_BFLOAT16 = 9, 10
 
 # DataTypeString() names, as TF Serving prints them in errors.
 DTYPE_NAMES = {
-    DT_FLOAT: "float", DT_DOUBLE: "double", DT_INT32: "int32", DT_UINT8: "uint8", DT_INT16: "int16",
-    DT_INT8: "int8", DT_STRING: "string", DT_INT64: "int64", DT_BOOL: "bool", DT_HALF: "half",
-    DT_UINT32: "uint32", DT_UINT64: "uint64", DT_UINT16: "uint16", DT_BFLOAT16: "bfloat16",
-}  # fmt: skip
+    DT_FLOAT: "float",
+    DT_DOUBLE: "double",
+    DT_INT32: "int32",
+    DT_UINT8: "uint8",
+    DT_INT16: "int16",
+    DT_INT8: "int8",
+    DT_STRING: "string",
+    DT_INT64: "int64",
+    DT_BOOL: "bool",
+    DT_HALF: "half",
+    DT_UINT32: "uint32",
+    DT_UINT64: "uint64",
+    DT_UINT16: "uint16",
+    DT_BFLOAT16: "bfloat16",
+}
 NUMPY_DTYPES = {
-    DT_FLOAT: np.float32, DT_DOUBLE: np.float64, DT_INT32: np.int32, DT_UINT8: np.uint8, DT_INT16: np.int16,
-    DT_INT8: np.int8, DT_STRING: object, DT_INT64: np.int64, DT_BOOL: np.bool_, DT_HALF: np.float16,
-    DT_UINT32: np.uint32, DT_UINT64: np.uint64, DT_UINT16: np.uint16,
-}  # fmt: skip
+    DT_FLOAT: np.float32,
+    DT_DOUBLE: np.float64,
+    DT_INT32: np.int32,
+    DT_UINT8: np.uint8,
+    DT_INT16: np.int16,
+    DT_INT8: np.int8,
+    DT_STRING: object,
+    DT_INT64: np.int64,
+    DT_BOOL: np.bool_,
+    DT_HALF: np.float16,
+    DT_UINT32: np.uint32,
+    DT_UINT64: np.uint64,
+    DT_UINT16: np.uint16,
+}
 _INT_RANGES = {
-    DT_INT32: (-(2**31), 2**31 - 1), DT_INT16: (-(2**31), 2**31 - 1), DT_INT8: (-(2**31), 2**31 - 1),
-    DT_UINT8: (-(2**31), 2**31 - 1), DT_INT64: (-(2**63), 2**63 - 1), DT_UINT32: (0, 2**32 - 1),
+    DT_INT32: (-(2**31), 2**31 - 1),
+    DT_INT16: (-(2**31), 2**31 - 1),
+    DT_INT8: (-(2**31), 2**31 - 1),
+    DT_UINT8: (-(2**31), 2**31 - 1),
+    DT_INT64: (-(2**63), 2**63 - 1),
+    DT_UINT32: (0, 2**32 - 1),
     DT_UINT64: (0, 2**64 - 1),
-}  # fmt: skip
+}
 # Any JSON number converts to these (TF Serving: val.GetFloat() / GetDouble()).
 _FLOAT_TYPES = (DT_FLOAT, DT_DOUBLE, DT_HALF)
 

@@ -84,7 +84,10 @@ def test_pgd_is_far_stronger_than_uniform_noise_of_the_same_radius(norm, epsilon
     objective = lambda x_adv: tf.reduce_sum(tf.square(g(x_adv) - g(x)), axis=1)  # noqa: E731
     attacked = objective(attacks.pgd(objective, x, epsilon, steps=10, norm=norm, seed=tf.constant([5, 6]))).numpy()
     # The best of 20 uniform draws from the same ball, per example.
-    draws = [attacks.project(attacks._random_start(x, epsilon, norm, tf.constant([7, k])), x, epsilon, norm) for k in range(20)]
+    draws = [
+        attacks.project(attacks._random_start(x, epsilon, norm, tf.constant([7, k])), x, epsilon, norm)
+        for k in range(20)
+    ]
     noise = np.max([objective(d).numpy() for d in draws], axis=0)
     assert np.all(attacked > 10.0 * noise), (attacked, noise)
 
@@ -155,7 +158,9 @@ def test_runs_under_xla(norm):
     kwargs = dict(epsilon=epsilon, steps=5, norm=norm)
     attack = tf.function(lambda x, seed: attacks.pgd(objective, x, restarts=2, seed=seed, **kwargs), jit_compile=True)
     attack_unseeded = tf.function(lambda x: attacks.pgd(objective, x, restarts=2, **kwargs), jit_compile=True)
-    attack_fixed_start = tf.function(lambda x: attacks.pgd(objective, x, random_start=False, **kwargs), jit_compile=True)
+    attack_fixed_start = tf.function(
+        lambda x: attacks.pgd(objective, x, random_start=False, **kwargs), jit_compile=True
+    )
 
     seed = tf.constant([21, 22])
     compiled = attack(x, seed)

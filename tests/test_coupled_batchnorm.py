@@ -13,8 +13,15 @@ from zoo import maths
 def _model(name, arch, coupled_pass="joint"):
     # Weights drawn from a fixed seed: otherwise they depend on what the tests before drew.
     keras.utils.set_random_seed(1)
-    return loop.build_model(name, tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, latent_dim=8,
-                            seed=1, coupled_pass=coupled_pass)  # fmt: skip
+    return loop.build_model(
+        name,
+        tf.distribute.get_strategy(),
+        image_shape=(28, 28, 3),
+        arch=arch,
+        latent_dim=8,
+        seed=1,
+        coupled_pass=coupled_pass,
+    )
 
 
 def _images(batch=16, seed=0):
@@ -23,8 +30,9 @@ def _images(batch=16, seed=0):
 
 def _coupling(model, x, auxiliary):
     data, (other,) = model.coupled_posteriors(x, model.posterior(x, training=True), [auxiliary], training=True)
-    return float(tf.reduce_mean(maths.coupling_log_prob(data.mean(), data.variance(), other.mean(), other.variance(),
-                                                        0.975)))  # fmt: skip
+    return float(
+        tf.reduce_mean(maths.coupling_log_prob(data.mean(), data.variance(), other.mean(), other.variance(), 0.975))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,9 @@ def test_the_coupling_of_a_batch_with_itself_is_its_value_without_batchnorm_effe
     np.testing.assert_allclose(data.mean(), posterior.mean(), atol=1e-4)
     np.testing.assert_allclose(itself.mean(), posterior.mean(), atol=1e-4)
     np.testing.assert_allclose(itself.variance(), posterior.variance(), rtol=1e-4)
-    expected = maths.coupling_log_prob(posterior.mean(), posterior.variance(), posterior.mean(), posterior.variance(),
-                                       0.975)  # fmt: skip
+    expected = maths.coupling_log_prob(
+        posterior.mean(), posterior.variance(), posterior.mean(), posterior.variance(), 0.975
+    )
     assert _coupling(conv_avae, x, x) == pytest.approx(float(tf.reduce_mean(expected)), rel=1e-4)
 
 
@@ -62,8 +71,9 @@ def test_a_shift_of_the_whole_auxiliary_batch_is_not_normalised_away(conv_avae):
 
 def test_coupled_pass_separate_encodes_each_batch_on_its_own_statistics():
     # The papers' code: the auxiliary batch is normalised by itself, so the shift above is (mostly) removed.
-    model = loop.build_model("avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8,
-                             seed=1)  # fmt: skip
+    model = loop.build_model(
+        "avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8, seed=1
+    )
     assert model.config.coupled_pass == "separate"  # the default
     assert model.encoder_has_batch_norm and not model.encodes_coupled_jointly()
     x = _images()
@@ -73,8 +83,14 @@ def test_coupled_pass_separate_encodes_each_batch_on_its_own_statistics():
     assert data is posterior
     np.testing.assert_allclose(alone.mean(), model.posterior(shifted, training=True).mean(), atol=1e-6)
     with pytest.raises(ValueError, match="unknown coupled_pass 'both'; choose one of: joint, separate"):
-        loop.build_model("avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8,
-                         coupled_pass="both")  # fmt: skip
+        loop.build_model(
+            "avae",
+            tf.distribute.get_strategy(),
+            image_shape=(28, 28, 3),
+            arch="conv",
+            latent_dim=8,
+            coupled_pass="both",
+        )
 
 
 def test_without_batchnorm_the_joint_pass_is_the_separate_passes():

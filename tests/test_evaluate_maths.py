@@ -5,7 +5,7 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from evaluate import chains, interface, margin, msssim, probes, worst_case
+from evaluate import chains_maths, interface, margin_maths, msssim, probes, worst_case
 
 
 # --- MS-SSIM -----------------------------------------------------------------------------------------
@@ -39,9 +39,9 @@ def test_ms_ssim_on_28x28_colour_images():
 
 
 def test_margin_bound_formula_and_probability_clipping():
-    bound = margin.margin_bound([0.5, 0.5, 0.2], [0.8, 0.5, 0.3], [2.0, 2.0, 1.0]).numpy()
+    bound = margin_maths.margin_bound([0.5, 0.5, 0.2], [0.8, 0.5, 0.3], [2.0, 2.0, 1.0]).numpy()
     np.testing.assert_allclose(bound, [0.5 * scipy.stats.norm.ppf(0.8) / 2.0, 0.0, 0.2 * scipy.stats.norm.ppf(0.3)])
-    clipped = margin.clip_probability([0.0, 1.0, 0.7], num_samples=10).numpy()
+    clipped = margin_maths.clip_probability([0.0, 1.0, 0.7], num_samples=10).numpy()
     np.testing.assert_allclose(clipped, [0.05, 0.95, 0.7])
 
 
@@ -52,18 +52,20 @@ def test_jacobian_frobenius_of_a_linear_encoder():
         return tf.reshape(x, [tf.shape(x)[0], -1]) @ a
 
     x = tf.random.uniform([5, 2, 2, 3])
-    np.testing.assert_allclose(margin.jacobian_frobenius(encode, x).numpy(), np.full(5, np.linalg.norm(a)), rtol=1e-5)
+    np.testing.assert_allclose(
+        margin_maths.jacobian_frobenius(encode, x).numpy(), np.full(5, np.linalg.norm(a)), rtol=1e-5
+    )
 
 
 def test_robust_probability_matches_the_chi_distribution():
     # Identity decoder, isotropic posterior: ||sigma eta|| <= r has probability chi2_D((r / sigma)^2).
     dim, sigma, r = 6, 0.5, 1.2
     z = tf.zeros([3, dim])
-    p = margin.robust_probability(
+    p = margin_maths.robust_probability(
         lambda z: z, z, sigma * tf.ones([3, dim]), z, r, num_samples=2000, seed=tf.constant([1, 2])
     ).numpy()
     np.testing.assert_allclose(p, scipy.stats.chi2.cdf((r / sigma) ** 2, dim), atol=0.03)
-    deterministic = margin.sampled_distances(lambda z: z, z + 1.0, None, z, 5, tf.constant([1, 2]))
+    deterministic = margin_maths.sampled_distances(lambda z: z, z + 1.0, None, z, 5, tf.constant([1, 2]))
     np.testing.assert_allclose(deterministic.numpy(), np.full((3, 1), np.sqrt(dim)), rtol=1e-6)
 
 
@@ -71,8 +73,9 @@ def test_attack_with_per_example_radii_respects_each_ball_and_reaches_the_linear
     w = tf.constant(np.random.default_rng(3).normal(size=(1, 64)).astype(np.float32))
     x = tf.fill([3, 64], 0.5)
     radii = tf.constant([0.05, 0.2, 0.8])
-    x_adv = margin.attack_with_radii(lambda v: tf.reduce_sum(v * w, axis=1), x, radii, steps=20, restarts=1,
-                                     seed=tf.constant([0, 1]))  # fmt: skip
+    x_adv = margin_maths.attack_with_radii(
+        lambda v: tf.reduce_sum(v * w, axis=1), x, radii, steps=20, restarts=1, seed=tf.constant([0, 1])
+    )
     moved = tf.norm(x_adv - x, axis=1).numpy()
     assert np.all(moved <= radii.numpy() * (1 + 1e-4))
     assert np.all((x_adv.numpy() >= 0) & (x_adv.numpy() <= 1))
@@ -89,13 +92,13 @@ def test_empirical_margin_of_a_deterministic_identity_autoencoder_brackets_r():
     # g(mu(x + d)) - g(mu(x)) = d: r-robust exactly while ||d|| <= r, so the margin is r.
     dim, r = 64, 0.3
     encode, decode = _identity_autoencoder(dim)
-    robust_at = margin.make_robust_at(encode, decode, None, r, num_samples=1, steps=10, restarts=1)
+    robust_at = margin_maths.make_robust_at(encode, decode, None, r, num_samples=1, steps=10, restarts=1)
     x = tf.fill([4, dim], 0.5)
-    lo, hi = margin.empirical_margin(robust_at, x, np.ones(4, bool), 1e-3, 10.0, 12, tf.constant([0, 0]))
+    lo, hi = margin_maths.empirical_margin(robust_at, x, np.ones(4, bool), 1e-3, 10.0, 12, tf.constant([0, 0]))
     assert np.all(lo <= r) and np.all(r <= hi * (1 + 1e-4))
     assert np.all(hi / lo < 1.1)
     # Not r-robust even unperturbed: margin 0.
-    lo, hi = margin.empirical_margin(robust_at, x, np.zeros(4, bool), 1e-3, 10.0, 3, tf.constant([0, 0]))
+    lo, hi = margin_maths.empirical_margin(robust_at, x, np.zeros(4, bool), 1e-3, 10.0, 3, tf.constant([0, 0]))
     assert np.all(lo == 0) and np.all(hi == 0)
 
 
@@ -108,12 +111,15 @@ def test_margin_bound_holds_against_the_attack_for_an_isotropic_gaussian_encoder
 
     x = tf.fill([4, dim], 0.5)
     z = encode(x)
-    p = margin.robust_probability(decode, z, stddev(x), decode(z), r, samples, tf.constant([3, 3])).numpy()
+    p = margin_maths.robust_probability(decode, z, stddev(x), decode(z), r, samples, tf.constant([3, 3])).numpy()
     assert np.all(p > 0.5)
-    bound = margin.margin_bound(np.full(4, sigma), margin.clip_probability(p, samples),
-                                margin.jacobian_frobenius(encode, x)).numpy()  # fmt: skip
-    robust_at = margin.make_robust_at(encode, decode, stddev, r, samples, steps=10, restarts=1)
-    lo, hi = margin.empirical_margin(robust_at, x, p > 0.5, 1e-3, 10.0, 10, tf.constant([0, 0]), tf.constant([3, 3]))
+    bound = margin_maths.margin_bound(
+        np.full(4, sigma), margin_maths.clip_probability(p, samples), margin_maths.jacobian_frobenius(encode, x)
+    ).numpy()
+    robust_at = margin_maths.make_robust_at(encode, decode, stddev, r, samples, steps=10, restarts=1)
+    lo, hi = margin_maths.empirical_margin(
+        robust_at, x, p > 0.5, 1e-3, 10.0, 10, tf.constant([0, 0]), tf.constant([3, 3])
+    )
     assert np.all(bound > 0) and np.all(bound <= hi)
     assert np.all(hi < r)  # encoder noise uses part of the budget r
 
@@ -135,17 +141,18 @@ def test_maximum_damage_attack_goes_through_the_posterior_noise():
 
     x = tf.fill([3, dim], 0.1)  # sigma 0.1: ||sigma eta|| ~ 0.1 sqrt(16) = 0.4 < r, robust unperturbed
     noise = tf.random.stateless_normal([8, 3, dim], [0, 1])
-    objective = margin.max_damage_objective(encode, decode, x, stddev, noise)
+    objective = margin_maths.max_damage_objective(encode, decode, x, stddev, noise)
     moved = tf.fill([3, dim], 0.6)
     expected = np.mean(np.linalg.norm(0.6 * noise.numpy(), axis=2), axis=0)
     np.testing.assert_allclose(objective(moved).numpy(), expected, rtol=1e-5)
-    assert np.all(margin.max_damage_objective(encode, decode, x)(moved).numpy() < 1e-5)  # the mean alone: no damage
-    robust_at = margin.make_robust_at(encode, decode, stddev, r, num_samples=256, steps=10, restarts=1)
+    # The mean alone: no damage.
+    assert np.all(margin_maths.max_damage_objective(encode, decode, x)(moved).numpy() < 1e-5)
+    robust_at = margin_maths.make_robust_at(encode, decode, stddev, r, num_samples=256, steps=10, restarts=1)
     robust, x_adv = robust_at(x, tf.fill([3], 2.4), tf.constant([0, 0]), tf.constant([5, 5]))
     # L2 radius 2.4 over 16 pixels lets every pixel rise by 0.6 to 0.7: ||0.7 eta|| ~ 2.8 > r.
     assert not np.any(robust.numpy())
     np.testing.assert_allclose(tf.norm(x_adv - x, axis=1).numpy(), 2.4, rtol=1e-3)
-    robust_mean_only, _ = margin.make_robust_at(encode, decode, None, r, 1, steps=10, restarts=1)(
+    robust_mean_only, _ = margin_maths.make_robust_at(encode, decode, None, r, 1, steps=10, restarts=1)(
         x, tf.fill([3], 2.4), tf.constant([0, 0]), tf.constant([5, 5])
     )
     assert np.all(robust_mean_only.numpy())
@@ -214,11 +221,12 @@ def test_project_pgd_accuracy_of_a_linear_model_matches_the_closed_form():
 
 def test_chain_of_a_consistent_autoencoder_does_not_drift_and_an_inconsistent_one_does():
     x = tf.random.uniform([3, 4])
-    images, latents = chains.encode_decode_chain(lambda v: v, lambda z: z, x, steps=4)
+    images, latents = chains_maths.encode_decode_chain(lambda v: v, lambda z: z, x, steps=4)
     assert images.shape == (5, 3, 4) and latents.shape == (5, 3, 4)
-    assert chains.drift(latents) == pytest.approx([0.0] * 5)
-    _, latents = chains.encode_decode_chain(lambda v: v, lambda z: z + 0.5, x, steps=4)
-    np.testing.assert_allclose(chains.drift(latents), [0.5 * k * 2.0 for k in range(5)], rtol=1e-5)  # ||0.5 k 1_4||
+    assert chains_maths.drift(latents) == pytest.approx([0.0] * 5)
+    _, latents = chains_maths.encode_decode_chain(lambda v: v, lambda z: z + 0.5, x, steps=4)
+    # ||0.5 k 1_4||
+    np.testing.assert_allclose(chains_maths.drift(latents), [0.5 * k * 2.0 for k in range(5)], rtol=1e-5)
 
 
 def test_interface_reads_the_zoo_model_interface():

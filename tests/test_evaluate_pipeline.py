@@ -14,7 +14,7 @@ import tensorflow as tf
 import evaluate
 import zoo
 from evaluate import interface, probes, stages, worst_case
-from evaluate.stage import Common, Context, EvaluationError, load_arrays
+from evaluate.stage_base import Common, Context, EvaluationError, load_arrays
 from zoo import data
 from zoo.model_dir import ModelDir
 
@@ -32,8 +32,9 @@ def _train_tiny(model_name, model_dir, tfds_dir, steps=150, **kwargs):
     directory = ModelDir(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     model.save(directory.model_file)
-    directory.write_json(directory.config_file, {"model": model_name, "dataset": "color_mnist", **config,
-                                                 "image_shape": [28, 28, 3]})  # fmt: skip
+    directory.write_json(
+        directory.config_file, {"model": model_name, "dataset": "color_mnist", **config, "image_shape": [28, 28, 3]}
+    )
     return model_dir
 
 
@@ -43,12 +44,27 @@ def vae_dir(tfds_dir, tmp_path_factory):
 
 
 TINY = dict(
-    epsilons=(0.0, 0.05, 0.1), probe_train_examples=600, probe_epochs=5, apgd_steps=5, dlr_targets=2,
-    square_queries=50, radius_examples=6, radius_search_steps=2, lambdas=(0.5, 2.0), ae_attack_examples=8,
-    ae_attack_trials=2, margin_examples=8, margin_samples=16, margin_attack_samples=2, margin_search_steps=3,
-    chain_steps=3, chain_examples=3, fid_features="classifier", fid_classifier_train_examples=256,
+    epsilons=(0.0, 0.05, 0.1),
+    probe_train_examples=600,
+    probe_epochs=5,
+    apgd_steps=5,
+    dlr_targets=2,
+    square_queries=50,
+    radius_examples=6,
+    radius_search_steps=2,
+    lambdas=(0.5, 2.0),
+    ae_attack_examples=8,
+    ae_attack_trials=2,
+    margin_examples=8,
+    margin_samples=16,
+    margin_attack_samples=2,
+    margin_search_steps=3,
+    chain_steps=3,
+    chain_examples=3,
+    fid_features="classifier",
+    fid_classifier_train_examples=256,
     fid_classifier_epochs=1,
-)  # fmt: skip
+)
 TINY_COMMON = Common(num_examples=64, batch_size=32, pgd_steps=3, restarts=1)
 
 
@@ -59,12 +75,32 @@ def _tiny_stages(cache_dir, names=tuple(stages.STAGES), **overrides):
 def test_protocol_writes_json_table_and_plots(vae_dir, tfds_dir, tmp_path):
     output = str(tmp_path / "out")
     logs = []
-    (result,) = evaluate.run([vae_dir], output, data_dir=tfds_dir, stages=_tiny_stages(str(tmp_path / "cache")),
-                             common=TINY_COMMON, log=logs.append)  # fmt: skip
+    (result,) = evaluate.run(
+        [vae_dir],
+        output,
+        data_dir=tfds_dir,
+        stages=_tiny_stages(str(tmp_path / "cache")),
+        common=TINY_COMMON,
+        log=logs.append,
+    )
     saved = ModelDir(output).read_robustness()
-    for key in ("model", "dataset", "adversarial_accuracy", "adversarial_accuracy_per_attack", "robustness_radius",
-                "gradient_masking", "attack_budgets", "mse", "fid", "fid_features", "latent_attack",
-                "max_damage_attack", "margin", "chain_drift", "settings"):  # fmt: skip
+    for key in (
+        "model",
+        "dataset",
+        "adversarial_accuracy",
+        "adversarial_accuracy_per_attack",
+        "robustness_radius",
+        "gradient_masking",
+        "attack_budgets",
+        "mse",
+        "fid",
+        "fid_features",
+        "latent_attack",
+        "max_damage_attack",
+        "margin",
+        "chain_drift",
+        "settings",
+    ):
         assert key in saved, key
     assert saved["model"] == "vae" and saved["dataset"] == "color_mnist"  # dataset from config.json
     accuracy, per_attack = saved["adversarial_accuracy"], saved["adversarial_accuracy_per_attack"]
@@ -118,12 +154,24 @@ def test_deterministic_model_skips_the_margin_bound(vae_dir, tfds_dir, tmp_path)
     view = interface.from_model(zoo.load(vae_dir))
     # The VAE's mean path with a point-mass posterior: what a deterministic autoencoder looks like.
     deterministic = interface.Autoencoder(
-        encode_mean=view.encode_mean, stddev=lambda x: tf.zeros_like(view.encode_mean(x)), decode=view.decode,
-        sample_prior=view.sample_prior, image_shape=view.image_shape, name="deterministic",
-    )  # fmt: skip
+        encode_mean=view.encode_mean,
+        stddev=lambda x: tf.zeros_like(view.encode_mean(x)),
+        decode=view.decode,
+        sample_prior=view.sample_prior,
+        image_shape=view.image_shape,
+        name="deterministic",
+    )
     images, labels = load_arrays("color_mnist", "test", 8, tfds_dir, True)
-    context = Context(model=deterministic, dataset="color_mnist", images=images, labels=labels, tasks={"digit": 10},
-                      common=TINY_COMMON, output_dir=str(tmp_path), log=lambda _: None)  # fmt: skip
+    context = Context(
+        model=deterministic,
+        dataset="color_mnist",
+        images=images,
+        labels=labels,
+        tasks={"digit": 10},
+        common=TINY_COMMON,
+        output_dir=str(tmp_path),
+        log=lambda _: None,
+    )
     (margin_stage,) = _tiny_stages(str(tmp_path), names=["margin"])
     result = margin_stage.run(context)["margin"]
     assert result["bound"] == {"applicable": False, "reason": result["bound"]["reason"]}
@@ -157,18 +205,25 @@ def test_every_model_directory_is_checked_before_the_first_evaluation(vae_dir, t
         evaluate.run([vae_dir], str(tmp_path), compare_paths=[str(tmp_path)])
 
 
-def test_an_exported_encoder_is_evaluated_through_its_signatures_as_its_model_directory_is(vae_dir, tfds_dir,
-                                                                                              tmp_path):
+def test_an_exported_encoder_is_evaluated_through_its_signatures_as_its_model_directory_is(vae_dir, tfds_dir, tmp_path):
     from export import encoder
 
     version = encoder.export(zoo.load(vae_dir), str(tmp_path / "export"), "tiny", model_dir=vae_dir)
     accuracy = dict(attacks=("pgd",), epsilons=(0.0, 0.1), radius_examples=4)
     run = dict(data_dir=tfds_dir, common=TINY_COMMON, log=lambda _: None)
     logs = []
-    (from_directory,) = evaluate.run([vae_dir], str(tmp_path / "directory"), **run,
-                                     stages=_tiny_stages(str(tmp_path / "cache"), ["accuracy"], **accuracy))
-    exported = evaluate.run([version, vae_dir], str(tmp_path / "both"), **dict(run, log=logs.append),
-                            stages=_tiny_stages(str(tmp_path / "cache"), ["accuracy", "decoder"], **accuracy))[0]
+    (from_directory,) = evaluate.run(
+        [vae_dir],
+        str(tmp_path / "directory"),
+        **run,
+        stages=_tiny_stages(str(tmp_path / "cache"), ["accuracy"], **accuracy),
+    )
+    exported = evaluate.run(
+        [version, vae_dir],
+        str(tmp_path / "both"),
+        **dict(run, log=logs.append),
+        stages=_tiny_stages(str(tmp_path / "cache"), ["accuracy", "decoder"], **accuracy),
+    )[0]
     # Dataset and type from the model card; the same probe, attack and numbers as the Keras model's.
     assert exported["model"] == "vae" and exported["dataset"] == "color_mnist"
     assert exported["model_dir"] == os.path.abspath(version)
@@ -197,12 +252,31 @@ def test_command_line_compares_two_models_side_by_side(vae_dir, tfds_dir, tmp_pa
         shutil.copy(os.path.join(vae_dir, name), os.path.join(other, name))
     output = str(tmp_path / "compare")
     done = subprocess.run(
-        [sys.executable, "-m", "evaluate.robustness", f"--model_dir={vae_dir}", f"--model_dir={other}",
-         f"--data_dir={tfds_dir}", f"--output_dir={output}", "--epsilons=0,0.1", "--quick", "--pgd_steps=3",
-         "--restarts=1", "--num_examples=32", "--radius_examples=4", "--radius_search_steps=1",
-         "--probe_train_examples=300", "--probe_epochs=3", "--stages=accuracy,chains", "--tasks=color"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "evaluate.robustness",
+            f"--model_dir={vae_dir}",
+            f"--model_dir={other}",
+            f"--data_dir={tfds_dir}",
+            f"--output_dir={output}",
+            "--epsilons=0,0.1",
+            "--quick",
+            "--pgd_steps=3",
+            "--restarts=1",
+            "--num_examples=32",
+            "--radius_examples=4",
+            "--radius_search_steps=1",
+            "--probe_train_examples=300",
+            "--probe_epochs=3",
+            "--stages=accuracy,chains",
+            "--tasks=color",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "examples/s" in done.stdout
     labels = [os.path.basename(vae_dir), "vae_copy"]
@@ -219,8 +293,11 @@ def test_command_line_compares_two_models_side_by_side(vae_dir, tfds_dir, tmp_pa
 
     # Comparing existing results needs no model.
     again = str(tmp_path / "again")
-    results = evaluate.run(compare_paths=[f"{output}/{labels[0]}/robustness.json", f"{output}/{labels[1]}"],
-                           output_dir=again, log=lambda _: None)  # fmt: skip
+    results = evaluate.run(
+        compare_paths=[f"{output}/{labels[0]}/robustness.json", f"{output}/{labels[1]}"],
+        output_dir=again,
+        log=lambda _: None,
+    )
     assert [r["model_dir"] for r in results] == [first["model_dir"], second["model_dir"]]
     assert os.path.exists(os.path.join(again, "comparison_accuracy.png"))
 
@@ -262,8 +339,14 @@ def test_project_pgd_and_art_apgd_agree_on_a_small_model(vae_dir, tfds_dir):
     informative = 0
     for task, classes in (("digit", 10), ("color", 7)):
         w, b = probes.train_linear_probe(features, train_y[task], classes, epochs=10)
-        suite = worst_case.AttackSuite(probes.probe_logits(view.encode_mean, tf.constant(w), tf.constant(b)), classes,
-                                       view.image_shape, ("pgd", "apgd-ce"), budgets, batch_size=100)  # fmt: skip
+        suite = worst_case.AttackSuite(
+            probes.probe_logits(view.encode_mean, tf.constant(w), tf.constant(b)),
+            classes,
+            view.image_shape,
+            ("pgd", "apgd-ce"),
+            budgets,
+            batch_size=100,
+        )
         clean = float(np.mean(suite.clean_correct(x, labels[task])))
         for epsilon in (0.01, 0.03):
             accuracy = {a: float(np.mean(ok)) for a, ok in suite.correct(x, labels[task], epsilon).items()}
@@ -295,8 +378,10 @@ def test_project_pgd_is_at_least_as_strong_as_foolbox_linf_pgd(vae_dir, tfds_dir
             foolbox_robust = int(np.sum(~success.numpy()))
             our_robust = int(np.sum(ours(x, y, tf.constant(epsilon), tf.constant([0, 1])).numpy()))
             foolbox_accuracy = foolbox_robust / len(labels[task])
-            print(f"{task} eps={epsilon}: clean {clean:.2f}, foolbox LinfPGD {foolbox_accuracy:.2f}, "
-                  f"zoo.attacks.pgd {our_robust / len(labels[task]):.2f}")  # fmt: skip
+            print(
+                f"{task} eps={epsilon}: clean {clean:.2f}, foolbox LinfPGD {foolbox_accuracy:.2f}, "
+                f"zoo.attacks.pgd {our_robust / len(labels[task]):.2f}"
+            )
             assert our_robust <= foolbox_robust, (task, epsilon, our_robust, foolbox_robust)
             informative += 0.1 < foolbox_accuracy < clean
     assert informative, "pick radii where foolbox neither fails nor wins everywhere"

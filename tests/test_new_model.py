@@ -13,12 +13,12 @@ import export
 import train
 import zoo
 from evaluate import stages
-from evaluate.stage import Common
+from evaluate.stage_base import Common
 from train import cli
 from zoo import models, registry
 
 # The file a user would add as zoo/models/half_kl_vae.py: a config field and one `regularizer`.
-NEW_MODEL_FILE = '''
+NEW_MODEL_FILE = """
 import dataclasses
 
 import tensorflow as tf
@@ -39,7 +39,7 @@ class HalfKLVAE(base.BaseVAE):
     def regularizer(self, x, posterior, z, reconstruction, training):
         kl = tf.reduce_mean(maths.gaussian_kl(posterior.mean(), posterior.variance()))
         return (self.config.kl_weight - 1.0) * kl, {}
-'''
+"""
 
 
 @pytest.fixture
@@ -64,14 +64,19 @@ def test_a_new_model_file_is_trained_evaluated_and_exported(new_model, tmp_path)
         zoo.get_model_class(new_model)(image_shape=(28, 28, 3), kl_weight=-1.0)
 
     model_dir = str(tmp_path / "trained")
-    result = train.run(new_model, model_dir, train_steps=2, latent_dim=8, kl_weight=0.25, eval_examples=0,
-                       summary=False, verbose=0)  # fmt: skip
+    result = train.run(
+        new_model, model_dir, train_steps=2, latent_dim=8, kl_weight=0.25, eval_examples=0, summary=False, verbose=0
+    )
     loaded = zoo.load(model_dir)
     assert type(loaded).__name__ == "HalfKLVAE" and loaded.config.kl_weight == 0.25
     np.testing.assert_array_equal(loaded.get_weights()[0], result.model.get_weights()[0])
 
-    (evaluated,) = evaluate.run([model_dir], str(tmp_path / "evaluation"), common=Common(num_examples=4, batch_size=4),
-                                stages=stages.build(["chains"], chain_steps=2, chain_examples=2))  # fmt: skip
+    (evaluated,) = evaluate.run(
+        [model_dir],
+        str(tmp_path / "evaluation"),
+        common=Common(num_examples=4, batch_size=4),
+        stages=stages.build(["chains"], chain_steps=2, chain_examples=2),
+    )
     assert evaluated["model"] == new_model and np.isfinite(evaluated["chain_drift"]["final"])
 
     version_path = export.run(model_dir, str(tmp_path / "export"), new_model)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from evaluate import probes
-from evaluate.stage import load_arrays
+from evaluate.stage_base import load_arrays
 from export import encoder
 from tests.test_export import images_batch, tiny_trained_model
 from zoo import pretrained
@@ -109,8 +109,10 @@ def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir
             _, _, success = attack(fmodel, x, y, epsilons=float(epsilon))
             robust &= ~success.numpy()
         measured = float(np.mean(robust))
-        print(f"{name} eps={epsilon}: card worst case {worst_case[epsilon]:.3f}, card PGD {card_pgd[epsilon]:.3f}, "
-              f"foolbox LinfPGD {measured:.3f}")
+        print(
+            f"{name} eps={epsilon}: card worst case {worst_case[epsilon]:.3f}, card PGD {card_pgd[epsilon]:.3f}, "
+            f"foolbox LinfPGD {measured:.3f}"
+        )
         assert abs(card_pgd[epsilon] - measured) <= 0.1, (epsilon, card_pgd[epsilon], measured)
         assert worst_case[epsilon] <= measured + 0.1, (epsilon, worst_case[epsilon], measured)
 
@@ -118,11 +120,14 @@ def test_shipped_encoder_card_holds_against_an_independent_attack(name, tfds_dir
 def test_a_wheel_install_carries_the_shipped_encoders(tmp_path):
     # Built from a copy: building writes build/ and *.egg-info beside setup.py.
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "results"))
+    shutil.copytree(
+        REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "results")
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), source],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("*.whl")
     files = set(zipfile.ZipFile(wheel).namelist())
     assert "zoo/pretrained.py" in files and f"zoo/{pretrained.PACKAGE_DIRECTORY}/README.md" in files

@@ -46,62 +46,113 @@ def _accuracy(clean, at_01, at_02):
 
 
 def test_the_table_quotes_the_worst_case_its_attacks_radius_and_masking():
-    radius = {task: {"median_correct": value, "max_radius": 0.5}
-              for task, value in (("digit", 0.0234), ("color", None))}  # fmt: skip
-    masking = {"flagged": True, "by_task": {"digit": {"flagged": True, "reasons": ["at eps=0.1 the gradient-free "
-                                                                                  "attack broke 5.0% of examples"]},
-                                            "color": {"flagged": False, "reasons": []}}}  # fmt: skip
+    radius = {
+        task: {"median_correct": value, "max_radius": 0.5} for task, value in (("digit", 0.0234), ("color", None))
+    }
+    masking = {
+        "flagged": True,
+        "by_task": {
+            "digit": {"flagged": True, "reasons": ["at eps=0.1 the gradient-free attack broke 5.0% of examples"]},
+            "color": {"flagged": False, "reasons": []},
+        },
+    }
     entry = {
         "adversarial_accuracy": {"digit": _accuracy(0.9, 0.25, 0.0), "color": _accuracy(1.0, 0.5, 0.125)},
-        "robustness_radius": radius, "gradient_masking": masking, "time_ratio": 1.5, "mse": 0.03, "fid": 12.0,
-    }  # fmt: skip
-    budgets = {"pgd": {"implementation": "zoo.attacks.pgd", "steps": 40, "restarts": 2},
-               "square": {"implementation": "art SquareAttack", "queries": 5000, "restarts": 1}}  # fmt: skip
+        "robustness_radius": radius,
+        "gradient_masking": masking,
+        "time_ratio": 1.5,
+        "mse": 0.03,
+        "fid": 12.0,
+    }
+    budgets = {
+        "pgd": {"implementation": "zoo.attacks.pgd", "steps": 40, "restarts": 2},
+        "square": {"implementation": "art SquareAttack", "queries": 5000, "restarts": 1},
+    }
     report = {
         "models": {"AVAE": entry},
         "rho_sweep": {"0.975": entry["adversarial_accuracy"]},
         "paper": reproduce_colormnist.PAPER,
         "attack_budgets": budgets,
         "fid_features": {"kind": "inception"},
-        "settings": {"train_steps": 800, "batch_size": 64, "seed": 0, "num_examples": 250, "sweep_examples": 200,
-                     "radius_examples": 100, "probe_train_examples": 7000, "arch": "conv", "learning_rate": 3e-4,
-                     "evaluation_settings": {"cascade": True}},  # fmt: skip
+        "settings": {
+            "train_steps": 800,
+            "batch_size": 64,
+            "seed": 0,
+            "num_examples": 250,
+            "sweep_examples": 200,
+            "radius_examples": 100,
+            "probe_train_examples": 7000,
+            "arch": "conv",
+            "learning_rate": 3e-4,
+            "evaluation_settings": {"cascade": True},
+        },
         "command": "python -m benchmarks.reproduce_colormnist",
     }
     table = reproduce_colormnist._markdown(report)
-    assert ("attacked end to end, worst case per example over pgd, square (L-inf, pixels in [0, 1]), run as "
-            "AutoAttack's cascade (each attack only on the examples every earlier one left correct);") in table
+    assert (
+        "attacked end to end, worst case per example over pgd, square (L-inf, pixels in [0, 1]), run as "
+        "AutoAttack's cascade (each attack only on the examples every earlier one left correct);"
+    ) in table
     assert "| AVAE | 90.0 / 25.0 / 0.0 | 97.3 / 88.1 / 54.8 | 100.0 / 50.0 / 12.5 | 100 / 99.8 / 87.7 | " in table
     assert "| 0.0234 / > 0.5 | **flagged** | x1.50 |" in table
     assert "AVAE, digit: at eps=0.1 the gradient-free attack broke 5.0% of examples." in table
     assert "- `pgd`: zoo.attacks.pgd, 40 steps x 2 restarts" in table and "5000 queries x 1 restarts" in table
     assert "| radius digit / colour |" in table
     unsearched = {"AVAE": {**entry, "robustness_radius": None}}
-    quick = reproduce_colormnist._markdown({**report, "models": unsearched, "attack_budgets": {"pgd": budgets["pgd"]},
-                                           "settings": {**report["settings"], "evaluation_settings": {}}})
+    quick = reproduce_colormnist._markdown(
+        {
+            **report,
+            "models": unsearched,
+            "attack_budgets": {"pgd": budgets["pgd"]},
+            "settings": {**report["settings"], "evaluation_settings": {}},
+        }
+    )
     assert "attacked end to end, pgd only (a quick check, not a worst case);" in quick
-    assert "radius" not in quick.split("## AVAE")[0] and "| 100.0 / 50.0 / 12.5 | 100 / 99.8 / 87.7 | **flagged** |" in quick
+    assert (
+        "radius" not in quick.split("## AVAE")[0]
+        and "| 100.0 / 50.0 / 12.5 | 100 / 99.8 / 87.7 | **flagged** |" in quick
+    )
     assert "(conv, latent 64, Adam 0.0003, seed 0)" in table and "The paper: Adam 1e-4, 100,000 steps" in table
     assert "during training" not in table and "accuracy_vs_step" not in table  # no curves were logged
 
 
 def test_the_mlp_table_has_no_paper_numbers_and_the_curves_become_figure_5_middle():
-    curve = {"400": {"clean": 0.5, "0.05": 0.25, "0.1": 0.125, "seconds": 9.0},
-             "800": {"clean": 0.75, "0.05": 0.5, "0.1": 0.25, "seconds": 9.0}}  # fmt: skip
+    curve = {
+        "400": {"clean": 0.5, "0.05": 0.25, "0.1": 0.125, "seconds": 9.0},
+        "800": {"clean": 0.75, "0.05": 0.5, "0.1": 0.25, "seconds": 9.0},
+    }
     entry = {
         "adversarial_accuracy": {"digit": _accuracy(0.9, 0.25, 0.0), "color": _accuracy(1.0, 0.5, 0.125)},
-        "robustness_radius": None, "gradient_masking": {"flagged": False, "by_task": {}}, "time_ratio": 1.0,
-        "mse": 0.03, "fid": 12.0, "training_curve": curve,
-    }  # fmt: skip
+        "robustness_radius": None,
+        "gradient_masking": {"flagged": False, "by_task": {}},
+        "time_ratio": 1.0,
+        "mse": 0.03,
+        "fid": 12.0,
+        "training_curve": curve,
+    }
     report = {
         "models": {"VAE": entry, "AVAE": {**entry, "training_curve": {"800": curve["800"]}}},
-        "rho_sweep": {}, "paper": None, "attack_budgets": {}, "fid_features": {"kind": "inception"},
-        "settings": {"train_steps": 800, "batch_size": 64, "seed": 0, "num_examples": 250, "sweep_examples": 200,
-                     "radius_examples": 0, "probe_train_examples": 7000, "arch": "mlp", "learning_rate": 3e-4,
-                     "parallel": 2, "wall_clock_seconds": 1800, "curve_epsilons": [0.05, 0.1],
-                     "evaluation_settings": {}},
+        "rho_sweep": {},
+        "paper": None,
+        "attack_budgets": {},
+        "fid_features": {"kind": "inception"},
+        "settings": {
+            "train_steps": 800,
+            "batch_size": 64,
+            "seed": 0,
+            "num_examples": 250,
+            "sweep_examples": 200,
+            "radius_examples": 0,
+            "probe_train_examples": 7000,
+            "arch": "mlp",
+            "learning_rate": 3e-4,
+            "parallel": 2,
+            "wall_clock_seconds": 1800,
+            "curve_epsilons": [0.05, 0.1],
+            "evaluation_settings": {},
+        },
         "command": "python -m benchmarks.reproduce_colormnist --arch=mlp",
-    }  # fmt: skip
+    }
     table = reproduce_colormnist._markdown(report)
     assert "(AVAE paper, Figure 5, top row: the mlp architecture)" in table
     assert "| VAE | 90.0 / 25.0 / 0.0 |  | 100.0 / 50.0 / 12.5 |  | no | x1.00 |  | 0.0300 |" in table
@@ -168,21 +219,38 @@ def test_the_reproduction_trains_every_model_with_the_same_settings_and_avae_ss_
 
     if "parallel" not in flags.FLAGS:
         reproduce_colormnist.define_flags()
-    flags.FLAGS(["reproduce_colormnist", "--work_dir=" + str(tmp_path), "--data_dir=../shared/tfds",
-                 "--train_steps=1600", "--rhos=0.9,0.975"])  # fmt: skip
+    flags.FLAGS(
+        [
+            "reproduce_colormnist",
+            "--work_dir=" + str(tmp_path),
+            "--data_dir=../shared/tfds",
+            "--train_steps=1600",
+            "--rhos=0.9,0.975",
+        ]
+    )
     try:
         work = str(tmp_path / "conv")
-        jobs = {key: (run, waits) for key, run, waits in reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)}
+        jobs = {
+            key: (run, waits) for key, run, waits in reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)
+        }
     finally:
         flags.FLAGS.unparse_flags()
     labels = [m[0] for m in reproduce_colormnist.MODELS]
     assert list(jobs) == [f"{kind} {label}" for label in labels for kind in ("train", "eval")] + [
-        "train AVAE_rho0.9", "sweep 0.9", "sweep 0.975"]  # fmt: skip
+        "train AVAE_rho0.9",
+        "sweep 0.9",
+        "sweep 0.975",
+    ]
     assert jobs["train AVAE-SS"][1] == ["train VAE"] and jobs["eval AVAE"][1] == ["train AVAE"]
     assert jobs["sweep 0.975"][1] == ["train AVAE"]  # the table's AVAE is the sweep's model at rho 0.975
     vae_flags, vae_model_flags, init_from = jobs["train VAE"][0].args[3:6]
-    assert {"--arch=conv", "--learning_rate=0.0003", "--train_steps=1600", "--robustness_every=200",
-            "--robustness_epsilons=0.05,0.1"} <= set(vae_flags)  # fmt: skip
+    assert {
+        "--arch=conv",
+        "--learning_rate=0.0003",
+        "--train_steps=1600",
+        "--robustness_every=200",
+        "--robustness_epsilons=0.05,0.1",
+    } <= set(vae_flags)
     assert jobs["train AVAE-SS"][0].args[5] == runs.model_dir_of(work, "VAE")
     sweep_flags = jobs["train AVAE_rho0.9"][0].args[3]
     assert not any(f.startswith("--robustness_every") for f in sweep_flags)  # the curve is Table 1's models'
@@ -206,9 +274,14 @@ def test_the_reproduction_trains_every_model_with_the_same_settings_and_avae_ss_
     flags.FLAGS(["reproduce_colormnist", "--models=VAE,AVAE-SS", "--rhos=0.975"])
     try:
         subset = {key: waits for key, _, waits in reproduce_colormnist._jobs(reproduce_colormnist._budget(), work)}
-        assert subset == {"train VAE": [], "eval VAE": ["train VAE"], "train AVAE-SS": ["train VAE"],
-                          "eval AVAE-SS": ["train AVAE-SS"], "train AVAE_rho0.975": [],
-                          "sweep 0.975": ["train AVAE_rho0.975"]}  # fmt: skip
+        assert subset == {
+            "train VAE": [],
+            "eval VAE": ["train VAE"],
+            "train AVAE-SS": ["train VAE"],
+            "eval AVAE-SS": ["train AVAE-SS"],
+            "train AVAE_rho0.975": [],
+            "sweep 0.975": ["train AVAE_rho0.975"],
+        }
         for models in ("AVAE", "VAE,SE_0.3"):
             flags.FLAGS.models = models.split(",")
             with pytest.raises(app.UsageError, match="choose among VAE, SE_0.1, SE_0.2, AVAE, SE_0.1-AVAE, AVAE-SS"):

@@ -1,6 +1,7 @@
 """Fault tolerance: SIGKILL and resume, foreign or unwritable model_dir, non-finite losses."""
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -23,8 +24,18 @@ TINY = dict(arch="mlp", latent_dim=8)
 
 def _cli(model, model_dir, *flags, tfds_dir=None):
     data = ["--dataset=color_mnist", f"--data_dir={tfds_dir}", "--download=false"] if tfds_dir else []
-    return [sys.executable, "-m", f"train.{model}", *data, "--arch=mlp", "--latent_dim=8", "--batch_size=16",
-            f"--model_dir={model_dir}", "--nosummary", *flags]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        f"train.{model}",
+        *data,
+        "--arch=mlp",
+        "--latent_dim=8",
+        "--batch_size=16",
+        f"--model_dir={model_dir}",
+        "--nosummary",
+        *flags,
+    ]
 
 
 def _env():
@@ -50,8 +61,15 @@ def _checkpointed_step(model_dir):
 def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path, tfds_dir):
     model_dir = str(tmp_path / "model")
     # One step per execution: timing.csv then has a row per step, which the check below counts.
-    command = _cli("vae", model_dir, "--train_steps=600", "--checkpoint_every=10", "--eval_examples=0",
-                   "--steps_per_execution=1", tfds_dir=tfds_dir)  # fmt: skip
+    command = _cli(
+        "vae",
+        model_dir,
+        "--train_steps=600",
+        "--checkpoint_every=10",
+        "--eval_examples=0",
+        "--steps_per_execution=1",
+        tfds_dir=tfds_dir,
+    )
 
     # First run: killed (SIGKILL, no chance to clean up) once it has checkpointed step 20.
     first = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -131,8 +149,13 @@ def test_init_from_chain_follows_flags_back_and_ends_at_a_cycle(tmp_path):
 
 def test_training_refuses_another_models_dir_at_start(tmp_path):
     model_dir = str(tmp_path / "model")
-    config = {"model": "vae", "arch": "mlp", "dataset": "color_mnist_embedded", "latent_dim": 8,
-              "image_shape": [28, 28, 3]}  # fmt: skip
+    config = {
+        "model": "vae",
+        "arch": "mlp",
+        "dataset": "color_mnist_embedded",
+        "latent_dim": 8,
+        "image_shape": [28, 28, 3],
+    }
     ModelDir(model_dir).prepare(config)
     with pytest.raises(ModelDirError, match=r"holds a different run \(model='vae' \(this run: 'avae'\)\)"):
         train.run("avae", model_dir, dataset="color_mnist_embedded", train_steps=2, **TINY)
@@ -185,10 +208,207 @@ def test_a_run_reports_a_non_finite_loss_with_its_step(tmp_path):
     model_dir = str(tmp_path / "model")
     # Adam moves every weight by about the learning rate: 1e30 overflows the next forward pass.
     with pytest.raises(loop.NonFiniteLossError) as error:
-        train.run("vae", model_dir, dataset="color_mnist_embedded", learning_rate=1e30, train_steps=50,
-                  checkpoint_every=1, eval_examples=0, batch_size=16, verbose=0, **TINY)  # fmt: skip
-    match = re.search(r"loss became non-finite at step (\d+); training stopped, last good checkpoint kept: (\S+)",
-                      str(error.value))  # fmt: skip
+        train.run(
+            "vae",
+            model_dir,
+            dataset="color_mnist_embedded",
+            learning_rate=1e30,
+            train_steps=50,
+            checkpoint_every=1,
+            eval_examples=0,
+            batch_size=16,
+            verbose=0,
+            **TINY,
+        )
+    match = re.search(
+        r"loss became non-finite at step (\d+); training stopped, last good checkpoint kept: (\S+)", str(error.value)
+    )
     assert match, str(error.value)
     step = int(match.group(1))
     assert match.group(2).endswith(f"ckpt-{step - 1}") and _checkpointed_step(model_dir) == step - 1
+
+
+# The drill (issue 43): an MLP AVAE killed at random moments, one of them inside a checkpoint write, resumes each
+# time with other checkpoint intervals and XLA programs, and ends with the weights of the run never killed.
+_DRILL = [
+    "--dataset=color_mnist_embedded",
+    "--arch=mlp",
+    "--latent_dim=8",
+    "--batch_size=16",
+    "--eval_examples=0",
+    "--nosummary",
+    "--train_steps=300",
+]
+# Runs train.avae's command line in a process that SIGKILLs itself while checkpointing step $KILL_AT_CHECKPOINT:
+# after the checkpoint's files are written, before the state file records it.
+_DYING_IN_A_CHECKPOINT_WRITE = """
+import os, signal, sys
+from train import cli
+from tensorflow.python.checkpoint import checkpoint_management
+record = checkpoint_management.update_checkpoint_state_internal
+def dying(save_dir, model_checkpoint_path, *args, **kwargs):
+    if model_checkpoint_path.endswith("-" + os.environ["KILL_AT_CHECKPOINT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return record(save_dir, model_checkpoint_path, *args, **kwargs)
+checkpoint_management.update_checkpoint_state_internal = dying
+sys.argv = ["train.avae", *sys.argv[1:]]
+cli.main("avae")
+"""
+
+
+def _digest(stdout):
+    match = re.search(r"weights digest ([0-9a-f]+)", stdout)
+    assert match, stdout[-2000:]
+    return match.group(1)
+
+
+def _checkpoint_steps(model_dir):
+    directory = ModelDir(model_dir).checkpoint_dir
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(n[len("ckpt-") : -len(".index")]) for n in names if re.fullmatch(r"ckpt-\d+\.index", n))
+
+
+def _kill_after_next_checkpoint(command, model_dir, delay, env=None):
+    """Starts `command`, waits for a checkpoint newer than those on disk, sleeps `delay` s, SIGKILLs it (unless it
+    died or finished first); returns its exit code."""
+    seen = max(_checkpoint_steps(model_dir), default=0)
+    process = subprocess.Popen(command, cwd=REPO, env=env or _env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while process.poll() is None and max(_checkpoint_steps(model_dir), default=0) <= seen:
+            assert time.monotonic() < deadline, "no new checkpoint within 5 minutes"
+            time.sleep(0.02)
+        time.sleep(delay)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stderr = process.stderr.read()
+        process.stderr.close()
+    assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
+    return process.returncode
+
+
+def test_a_run_killed_at_random_moments_ends_with_the_weights_of_the_run_never_killed(tmp_path):
+    never_killed = _run(
+        [sys.executable, "-m", "train.avae", *_DRILL, f"--model_dir={tmp_path / 'whole'}", "--checkpoint_every=25"]
+    )
+    assert never_killed.returncode == 0, never_killed.stderr[-3000:]
+
+    model_dir = str(tmp_path / "killed")
+    delays = random.Random(0)
+    # Each run changes the checkpoint interval (and with it steps_per_execution) or the XLA program length.
+    runs = [
+        ("--checkpoint_every=25",),
+        ("--checkpoint_every=40", "--steps_per_xla_program=2"),
+        ("--checkpoint_every=30",),
+        ("--checkpoint_every=25", "--steps_per_xla_program=3"),
+    ]
+    killed = 0
+    for flags in runs:
+        command = [sys.executable, "-m", "train.avae", *_DRILL, f"--model_dir={model_dir}", *flags]
+        killed += _kill_after_next_checkpoint(command, model_dir, delays.uniform(0, 0.3)) == -signal.SIGKILL
+    # Killed inside a checkpoint write: its files are on disk, the state file does not name them yet.
+    dying_at = max(_checkpoint_steps(model_dir)) + 30
+    command = [
+        sys.executable,
+        "-c",
+        _DYING_IN_A_CHECKPOINT_WRITE,
+        *_DRILL,
+        f"--model_dir={model_dir}",
+        "--checkpoint_every=30",
+    ]
+    assert _kill_after_next_checkpoint(command, model_dir, 5.0, {**_env(), "KILL_AT_CHECKPOINT": str(dying_at)}) == (
+        -signal.SIGKILL
+    )
+    assert dying_at in _checkpoint_steps(model_dir)
+    assert _checkpointed_step(model_dir) < dying_at, "the state file was not to record the checkpoint being written"
+    assert killed >= 3, f"only {killed} of {len(runs)} runs were killed before they finished"
+
+    resumed = _run([sys.executable, "-m", "train.avae", *_DRILL, f"--model_dir={model_dir}", "--checkpoint_every=50"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"ckpt-{dying_at} at step {dying_at}" in resumed.stderr  # it resumed from the unrecorded checkpoint
+    assert _digest(resumed.stdout) == _digest(never_killed.stdout)
+
+
+# A tiny VAE on the embedded digits, checkpointed every 10 steps, with nothing printed.
+_QUIET_EMBEDDED = dict(
+    dataset="color_mnist_embedded",
+    eval_examples=0,
+    batch_size=16,
+    checkpoint_every=10,
+    verbose=0,
+    summary=False,
+    **TINY,
+)
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(tmp_path, caplog):
+    options = _QUIET_EMBEDDED
+    whole = train.run("vae", str(tmp_path / "whole"), train_steps=40, **options)
+    model_dir = str(tmp_path / "model")
+    train.run("vae", model_dir, train_steps=30, **options)
+    checkpoints = ModelDir(model_dir).checkpoint_dir
+    _truncate(os.path.join(checkpoints, "ckpt-30.data-00000-of-00001"))
+
+    with caplog.at_level("WARNING"):
+        resumed = train.run("vae", model_dir, train_steps=40, **options)
+    damaged = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+    assert len(damaged) == 1 and "ckpt-30" in damaged[0], damaged
+    assert any("at step 20" in r.getMessage() for r in caplog.records if "resuming" in r.getMessage())
+    assert sorted(os.listdir(os.path.join(checkpoints, loop.DAMAGED))) == [
+        "ckpt-30.data-00000-of-00001",
+        "ckpt-30.index",
+    ]
+    assert resumed.step == 40 and resumed.weights_digest == whole.weights_digest
+    assert _checkpoint_steps(model_dir)[-1] == 40
+
+
+def test_with_every_checkpoint_damaged_the_run_says_so_and_writes_nothing_else(tmp_path):
+    model_dir = str(tmp_path / "model")
+    options = _QUIET_EMBEDDED
+    train.run("vae", model_dir, train_steps=20, **options)
+    checkpoints = ModelDir(model_dir).checkpoint_dir
+    for step in (10, 20):
+        _truncate(os.path.join(checkpoints, f"ckpt-{step}.data-00000-of-00001"))
+    before = {name: os.path.getmtime(os.path.join(model_dir, name)) for name in (ModelDir.CONFIG, ModelDir.FLAGS)}
+    with pytest.raises(loop.CheckpointError, match=r"none of the 2 checkpoints .* restores .*start afresh"):
+        train.run("vae", model_dir, train_steps=30, learning_rate=3e-4, **options)
+    assert {name: os.path.getmtime(os.path.join(model_dir, name)) for name in before} == before
+    assert sorted(os.listdir(os.path.join(checkpoints, loop.DAMAGED))) == [
+        f"ckpt-{step}.{part}" for step in (10, 20) for part in ("data-00000-of-00001", "index")
+    ]
+
+    # The command line: one sentence, exit 1, no traceback.
+    command = [sys.executable, "-m", "train.vae", *_DRILL[:5], "--train_steps=30", f"--model_dir={model_dir}"]
+    os.makedirs(os.path.join(checkpoints, "moved"))
+    for name in os.listdir(os.path.join(checkpoints, loop.DAMAGED)):
+        os.rename(os.path.join(checkpoints, loop.DAMAGED, name), os.path.join(checkpoints, name))
+    result = _run(command)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(r"^error: none of the 2 checkpoints .* restores", result.stderr, re.M), result.stderr[-2000:]
+
+
+def test_a_damaged_model_file_is_one_sentence_for_load_evaluate_and_export(tmp_path):
+    model_dir = str(tmp_path / "model")
+    train.run("vae", model_dir, train_steps=2, **{**_QUIET_EMBEDDED, "checkpoint_every": 2})
+    _truncate(ModelDir(model_dir).model_file)
+    with pytest.raises(ModelDirError, match="model.keras is damaged"):
+        zoo.load(model_dir)
+    for command in (
+        ["evaluate.robustness", f"--model_dir={model_dir}", f"--output_dir={tmp_path / 'eval'}"],
+        ["export.encoder", f"--model_dir={model_dir}", f"--export_base={tmp_path / 'export'}"],
+    ):
+        result = _run([sys.executable, "-m", *command])
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "model.keras is damaged" in result.stderr.strip().splitlines()[-1]
+    # Training again writes it anew from the last checkpoint.
+    train.run("vae", model_dir, train_steps=2, **{**_QUIET_EMBEDDED, "checkpoint_every": 2})
+    assert int(zoo.load(model_dir).optimizer.iterations.numpy()) == 2

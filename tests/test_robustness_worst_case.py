@@ -14,13 +14,14 @@ import pytest
 import tensorflow as tf
 
 from evaluate import report, stages, worst_case
-from evaluate.stage import Common, Context, EvaluationError
+from evaluate.stage_base import Common, Context, EvaluationError
 from evaluate.stages.accuracy import Accuracy
 
 SHAPE = (8, 8, 1)
 PIXELS = 64
-SMALL = worst_case.Budgets(pgd_steps=10, pgd_restarts=1, apgd_steps=10, apgd_restarts=1, dlr_targets=2,
-                           square_queries=100)  # fmt: skip
+SMALL = worst_case.Budgets(
+    pgd_steps=10, pgd_restarts=1, apgd_steps=10, apgd_restarts=1, dlr_targets=2, square_queries=100
+)
 
 
 def _flat(x):
@@ -37,12 +38,18 @@ def _linear_problem(n=24, classes=3, seed=0):
     y = np.argmax(logits, axis=1)
     y[:2] = (y[:2] + 1) % classes  # two examples wrong clean: radius 0, never counted as robust
     # Closed form: the example flips at the smallest eps with eps ||w_y - w_j||_1 >= logit_y - logit_j.
-    radius = np.array([
-        0.0 if np.argmax(logits[i]) != y[i] else min(
-            (logits[i, y[i]] - logits[i, j]) / np.abs(w[:, y[i]] - w[:, j]).sum() for j in range(classes) if j != y[i]
-        )
-        for i in range(n)
-    ])  # fmt: skip
+    radius = np.array(
+        [
+            0.0
+            if np.argmax(logits[i]) != y[i]
+            else min(
+                (logits[i, y[i]] - logits[i, j]) / np.abs(w[:, y[i]] - w[:, j]).sum()
+                for j in range(classes)
+                if j != y[i]
+            )
+            for i in range(n)
+        ]
+    )
     return (lambda v: _flat(v) @ w + b), x, y, radius
 
 
@@ -58,8 +65,7 @@ def test_worst_case_and_radius_of_a_linear_classifier_match_the_closed_form():
     # The cascade: gradient attacks first, Square last, each attack only on what the ones before it left correct,
     # so its entries only fall and the last is the worst case.
     attacked = {}
-    cascade = suite.correct(x, y, epsilon, progress=lambda a, count, total: attacked.setdefault(a, total),
-                            cascade=True)  # fmt: skip
+    cascade = suite.correct(x, y, epsilon, progress=lambda a, count, total: attacked.setdefault(a, total), cascade=True)
     assert list(cascade) == ["pgd", "apgd-ce", "apgd-dlr", "square"] == list(suite.cascade_order)
     np.testing.assert_array_equal(cascade["square"][~near], expected[~near])
     clean = suite.clean_correct(x, y)
@@ -130,13 +136,27 @@ def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(
     images, labels = sample(32, seed=2)
     train_images, train_labels = sample(600, seed=3)
     context = _SyntheticContext(
-        model=_Encoder(logits_fn), dataset="synthetic", images=images, labels={"class": labels}, tasks={"class": 3},
-        common=Common(batch_size=32, pgd_steps=10, restarts=2), output_dir=str(tmp_path),
-        log=lambda _: None, train=(train_images, {"class": train_labels}),
-    )  # fmt: skip
+        model=_Encoder(logits_fn),
+        dataset="synthetic",
+        images=images,
+        labels={"class": labels},
+        tasks={"class": 3},
+        common=Common(batch_size=32, pgd_steps=10, restarts=2),
+        output_dir=str(tmp_path),
+        log=lambda _: None,
+        train=(train_images, {"class": train_labels}),
+    )
     # The stage's default attacks (the reported worst case), small budgets.
-    stage = Accuracy(epsilons=(0.0, 0.3), apgd_steps=10, dlr_targets=2, square_queries=200, radius_examples=6,
-                     radius_search_steps=1, probe_epochs=20, cascade=cascade)  # fmt: skip
+    stage = Accuracy(
+        epsilons=(0.0, 0.3),
+        apgd_steps=10,
+        dlr_targets=2,
+        square_queries=200,
+        radius_examples=6,
+        radius_search_steps=1,
+        probe_epochs=20,
+        cascade=cascade,
+    )
     result = stage.run(context)
     accuracy = result["adversarial_accuracy_per_attack"]["class"]
     clean = result["adversarial_accuracy"]["class"]["0"]
@@ -162,10 +182,16 @@ def test_quick_is_the_project_pgd_alone_and_cannot_see_the_masking(tmp_path):
     images, labels = sample(16, seed=2)
     train_images, train_labels = sample(300, seed=3)
     context = _SyntheticContext(
-        model=_Encoder(logits_fn), dataset="synthetic", images=images, labels={"class": labels}, tasks={"class": 3},
-        common=Common(batch_size=16, pgd_steps=5, restarts=1), output_dir=str(tmp_path), log=lambda _: None,
+        model=_Encoder(logits_fn),
+        dataset="synthetic",
+        images=images,
+        labels={"class": labels},
+        tasks={"class": 3},
+        common=Common(batch_size=16, pgd_steps=5, restarts=1),
+        output_dir=str(tmp_path),
+        log=lambda _: None,
         train=(train_images, {"class": train_labels}),
-    )  # fmt: skip
+    )
     result = Accuracy(epsilons=(0.3,), quick=True, radius_examples=0, probe_epochs=20).run(context)
     assert list(result["attack_budgets"]) == ["pgd"]
     assert result["adversarial_accuracy"]["class"]["0.3"] > 0.9  # PGD alone is fooled by the rounding
@@ -180,8 +206,9 @@ def test_vectorised_dlr_loss_equals_arts_own():
     arts = apgd_class(suite.classifier(), eps=0.1, loss_type="difference_logits_ratio", verbose=False).estimator
     ours = suite.classifier("dlr")
     target = np.eye(5, dtype=np.float32)[(y + 2) % 5]
-    np.testing.assert_allclose(ours.compute_loss(x, target, reduction="none"),
-                               arts.compute_loss(x, target, reduction="none"), rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        ours.compute_loss(x, target, reduction="none"), arts.compute_loss(x, target, reduction="none"), rtol=1e-5
+    )
     np.testing.assert_allclose(ours.loss_gradient(x, target), arts.loss_gradient(x, target), rtol=1e-4, atol=1e-7)
 
 

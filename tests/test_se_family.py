@@ -41,7 +41,9 @@ def test_selection_stays_in_the_ball_and_raises_the_eqs_25_26_objective_above_no
         q = model.posterior(x_tilde)
         m_prime, v_prime = q.mean().numpy(), q.variance().numpy()
         c = 1.0 - rho**2
-        coupling = np.sum(-0.5 * np.log(2 * np.pi * c) - ((m_prime - rho * m) ** 2 + v_prime + rho**2 * v) / (2 * c), -1)
+        coupling = np.sum(
+            -0.5 * np.log(2 * np.pi * c) - ((m_prime - rho * m) ** 2 + v_prime + rho**2 * v) / (2 * c), -1
+        )
         return -coupling - np.sum(0.5 * np.log(2 * np.pi * np.e * v_prime), axis=-1)
 
     for seed in range(3):
@@ -66,8 +68,10 @@ def test_se_penalty_is_minus_eq32_with_the_pairwise_bound(monkeypatch):
     gamma = rho / (1 - rho**2)
     psi = (np.sqrt(1 + 4 * gamma**2 * v * v_prime) - 1) / (2 * gamma)
     c = 1.0 - rho**2
-    coupling = np.sum(-0.5 * np.log(2 * np.pi * c)
-                      - ((m_prime - rho * m) ** 2 + v_prime - 2 * rho * psi + rho**2 * v) / (2 * c), axis=-1)  # fmt: skip
+    coupling = np.sum(
+        -0.5 * np.log(2 * np.pi * c) - ((m_prime - rho * m) ** 2 + v_prime - 2 * rho * psi + rho**2 * v) / (2 * c),
+        axis=-1,
+    )
     joint_entropy = np.sum(np.log(2 * np.pi * np.e) + 0.5 * np.log(v * v_prime - psi**2), axis=-1)
     entropy = np.sum(0.5 * np.log(2 * np.pi * np.e * v), axis=-1)
     np.testing.assert_allclose(terms["coupling_log_prob"], np.mean(coupling), rtol=1e-4)
@@ -184,7 +188,9 @@ def test_avae_ss_post_trains_a_trained_vae_without_any_data(tfds_dir, tmp_path):
     assert (post_trained.arch, post_trained.latent_dim, post_trained.image_shape) == ("mlp", 8, (28, 28, 3))
     for before, after in zip(vae.decoder.weights, post_trained.decoder.weights):
         np.testing.assert_array_equal(before.numpy(), after.numpy())
-    assert not all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(vae.encoder.weights, post_trained.encoder.weights))
+    assert not all(
+        np.array_equal(a.numpy(), b.numpy()) for a, b in zip(vae.encoder.weights, post_trained.encoder.weights)
+    )
 
 
 def test_avae_ss_without_init_from_fails_in_one_line(tmp_path):

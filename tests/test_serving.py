@@ -30,13 +30,26 @@ MAX_BYTES = 2_000_000
 BATCHING = "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\nnum_batch_threads { value: 2 }\n"
 
 
-IGNORED_FLAGS = ["--flush_filesystem_caches=false", "--ssl_config_file=/nonexistent/ssl.config",
-                 "--per_process_gpu_memory_fraction=0.5", "--monitoring_config_file=/nonexistent/monitoring.config",
-                 "--xla_cpu_compilation_enabled=true", "--enable_profiler=false", "--num_load_threads=2"]
-TF_SERVING_FLAGS = ["--rest_api_enable_cors_support", "--grpc_channel_arguments=grpc.max_receive_message_length=65536",
-                    "--saved_model_tags=serve", "--max_num_load_retries=0", "--load_retry_interval_micros=0",
-                    "--file_system_poll_wait_seconds=0.2", "--tensorflow_session_parallelism=2",
-                    "--enable_serialization_as_tensor_content=false", *IGNORED_FLAGS]  # fmt: skip
+IGNORED_FLAGS = [
+    "--flush_filesystem_caches=false",
+    "--ssl_config_file=/nonexistent/ssl.config",
+    "--per_process_gpu_memory_fraction=0.5",
+    "--monitoring_config_file=/nonexistent/monitoring.config",
+    "--xla_cpu_compilation_enabled=true",
+    "--enable_profiler=false",
+    "--num_load_threads=2",
+]
+TF_SERVING_FLAGS = [
+    "--rest_api_enable_cors_support",
+    "--grpc_channel_arguments=grpc.max_receive_message_length=65536",
+    "--saved_model_tags=serve",
+    "--max_num_load_retries=0",
+    "--load_retry_interval_micros=0",
+    "--file_system_poll_wait_seconds=0.2",
+    "--tensorflow_session_parallelism=2",
+    "--enable_serialization_as_tensor_content=false",
+    *IGNORED_FLAGS,
+]
 
 
 def tiny_model(seed):
@@ -66,8 +79,16 @@ class Server:
     def __init__(self, base_path, *flags):
         self.rest_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
-        cmd = [sys.executable, "-m", "serving.server", f"--model_name={NAME}", f"--model_base_path={base_path}",
-               f"--rest_api_port={self.rest_port}", f"--port={self.grpc_port}", *flags]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving.server",
+            f"--model_name={NAME}",
+            f"--model_base_path={base_path}",
+            f"--rest_api_port={self.rest_port}",
+            f"--port={self.grpc_port}",
+            *flags,
+        ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.log = open(os.path.join(os.path.dirname(base_path), f"server-{self.rest_port}.log"), "w+")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -78,7 +99,9 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                ready = self.output(tail=None).count("Exporting HTTP/REST API at:") >= 2 * processes  # logged and printed
+                ready = (
+                    self.output(tail=None).count("Exporting HTTP/REST API at:") >= 2 * processes
+                )  # logged and printed
                 if ready and httpx.get(f"{self.url}/v1/models/{NAME}", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
@@ -124,17 +147,25 @@ def setup(tmp_path_factory):
     (root / "batching.txt").write_text(BATCHING)
     # Two REST worker processes share the port: every REST test runs against both.
     batched = Server(
-        str(batched_base), "--enable_batching", f"--batching_parameters_file={root / 'batching.txt'}",
-        f"--rest_api_max_request_bytes={MAX_BYTES}", "--rest_api_workers=2",
-    )  # fmt: skip
+        str(batched_base),
+        "--enable_batching",
+        f"--batching_parameters_file={root / 'batching.txt'}",
+        f"--rest_api_max_request_bytes={MAX_BYTES}",
+        "--rest_api_workers=2",
+    )
     # The unbatched server starts with tensorflow_model_server's flags and no version: it must wait with its
     # ports closed (the flags test, first in file order, watches that and adds version 1); hot swap and SIGTERM
     # tests run on it next.
     swap = Server(str(swap_base), *TF_SERVING_FLAGS)
     try:
         ref = reference(path)
-        yield {"server": batched.wait_ready(processes=2), "swap_server": swap, "ref": ref, "swap_base": swap_base,
-               "export": path}  # fmt: skip
+        yield {
+            "server": batched.wait_ready(processes=2),
+            "swap_server": swap,
+            "ref": ref,
+            "swap_base": swap_base,
+            "export": path,
+        }
     finally:
         batched.stop()
         swap.stop()
@@ -162,7 +193,11 @@ def close(actual, expected):
 
 def test_status_and_metadata(setup):
     url = setup["server"].url
-    expected = {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    expected = {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     for path in (f"/v1/models/{NAME}", f"/v1/models/{NAME}/versions/1", f"/V1/MODELS/{NAME}"):
         response = httpx.get(url + path)
         assert response.status_code == 200 and response.headers["content-type"] == "application/json"
@@ -192,7 +227,9 @@ def test_predict_row_and_columnar_formats(setup):
     close([row["stddev"] for row in rows], expected["stddev"])
     named_rows = post(f"{url}/v1/models/{NAME}/versions/1:predict", {"instances": [{"images": im} for im in x]}).json()
     close([row["embedding"] for row in named_rows["predictions"]], expected["embedding"])
-    columns = post(f"{url}/v1/models/{NAME}:predict", {"signature_name": "serving_default", "inputs": {"images": x}}).json()
+    columns = post(
+        f"{url}/v1/models/{NAME}:predict", {"signature_name": "serving_default", "inputs": {"images": x}}
+    ).json()
     close(columns["outputs"]["embedding"], expected["embedding"])
     close(columns["outputs"]["stddev"], expected["stddev"])
     plain_columns = post(f"{url}/v1/models/{NAME}:predict", {"inputs": x}).json()
@@ -216,7 +253,9 @@ def test_predict_binary_images_with_b64(setup):
     named = [{"image_bytes": item} for item in b64]
     rows = post(f"{url}/v1/models/{NAME}:predict", {"signature_name": "encode_image", "instances": named}).json()
     close([r["stddev"] for r in rows["predictions"]], expected["stddev"])
-    columns = post(f"{url}/v1/models/{NAME}:predict", {"signature_name": "encode_image", "inputs": {"image_bytes": b64}})
+    columns = post(
+        f"{url}/v1/models/{NAME}:predict", {"signature_name": "encode_image", "inputs": {"image_bytes": b64}}
+    )
     close(columns.json()["outputs"]["embedding"], expected["embedding"])
 
 
@@ -238,22 +277,70 @@ BAD_REQUESTS = [
     ("malformed_json", ":predict", b'{"instances": [', 400, "JSON Parse error"),
     ("empty_body", ":predict", b"", 400, "JSON Parse error: The document is empty"),
     ("not_an_object", ":predict", b"[1, 2]", 400, "Is not object"),
-    ("both_keys", ":predict", {"instances": [_IMAGE], "inputs": [_IMAGE]}, 400, "expecting only one of 'inputs' or 'instances'"),
+    (
+        "both_keys",
+        ":predict",
+        {"instances": [_IMAGE], "inputs": [_IMAGE]},
+        400,
+        "expecting only one of 'inputs' or 'instances'",
+    ),
     ("no_inputs", ":predict", {"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances' key"),
     ("empty_instances", ":predict", {"instances": []}, 400, "No values in 'instances' array"),
     ("instances_not_list", ":predict", {"instances": {"images": 1}}, 400, "Excepting 'instances' to be an list/array"),
-    ("signature_not_string", ":predict", {"signature_name": 3, "instances": [_IMAGE]}, 400, "'signature_name' key must be a string"),
+    (
+        "signature_not_string",
+        ":predict",
+        {"signature_name": 3, "instances": [_IMAGE]},
+        400,
+        "'signature_name' key must be a string",
+    ),
     ("wrong_shape", ":predict", {"instances": [_SMALL]}, 400, "has shape [1,27,27,1], expected [-1,28,28,1]"),
     ("ragged", ":predict", {"instances": [_IMAGE, _IMAGE[:5]]}, 400, "Failed to process element: 1"),
-    ("wrong_dtype_string", ":predict", {"instances": [[["a"]]]}, 400, 'Type: String is not of expected type: float'),
-    ("wrong_dtype_bool", ":predict", {"inputs": {"images": [[[[True]]]]}}, 400, "Type: True is not of expected type: float"),
+    ("wrong_dtype_string", ":predict", {"instances": [[["a"]]]}, 400, "Type: String is not of expected type: float"),
+    (
+        "wrong_dtype_bool",
+        ":predict",
+        {"inputs": {"images": [[[[True]]]]}},
+        400,
+        "Type: True is not of expected type: float",
+    ),
     ("b64_for_float", ":predict", {"instances": [{"b64": "AAAA"}]}, 400, "is not of expected type: float"),
-    ("missing_named_input", ":predict", {"inputs": {"pixels": [_IMAGE]}}, 400, "Missing named input: images in 'inputs' object."),
-    ("unknown_key_in_row", ":predict", {"instances": [{"images": _IMAGE, "x": 1}]}, 400, "does not have named input: x"),
-    ("unknown_signature", ":predict", {"signature_name": "nope", "instances": [_IMAGE]}, 400, 'Serving signature name: "nope" not found in signature def'),
-    ("bad_base64", ":predict", {"signature_name": "encode_image", "instances": [{"b64": "%%%"}]}, 400, "Unable to base64 decode"),
+    (
+        "missing_named_input",
+        ":predict",
+        {"inputs": {"pixels": [_IMAGE]}},
+        400,
+        "Missing named input: images in 'inputs' object.",
+    ),
+    (
+        "unknown_key_in_row",
+        ":predict",
+        {"instances": [{"images": _IMAGE, "x": 1}]},
+        400,
+        "does not have named input: x",
+    ),
+    (
+        "unknown_signature",
+        ":predict",
+        {"signature_name": "nope", "instances": [_IMAGE]},
+        400,
+        'Serving signature name: "nope" not found in signature def',
+    ),
+    (
+        "bad_base64",
+        ":predict",
+        {"signature_name": "encode_image", "instances": [{"b64": "%%%"}]},
+        400,
+        "Unable to base64 decode",
+    ),
     ("not_an_image", ":predict", {"signature_name": "encode_image", "instances": [{"b64": "aGVsbG8="}]}, 400, ""),
-    ("classify", ":classify", {"examples": [{"x": 1.0}]}, 400, "Expected classification signature method_name to be tensorflow/serving/classify"),
+    (
+        "classify",
+        ":classify",
+        {"examples": [{"x": 1.0}]},
+        400,
+        "Expected classification signature method_name to be tensorflow/serving/classify",
+    ),
     ("regress", ":regress", {"examples": [{"x": 1.0}]}, 400, "Expected regression signature method_name"),
     ("unknown_verb", ":explode", {"instances": [_IMAGE]}, 400, "Malformed request: POST"),
 ]
@@ -271,10 +358,21 @@ BAD_REQUESTS += [
     ("infinity", ":predict", _float_body("Infinity"), 400, "must be finite"),
     ("minus_infinity", ":predict", _float_body("-Infinity"), 400, "must be finite"),
     ("float_overflow", ":predict", _float_body("1e39"), 400, "must be finite"),  # TF Serving: cast to +inf
-    ("true_among_floats", ":predict", _float_body("true"), 400, "JSON Value: true Type: True is not of expected type: float"),
-    ("string_among_floats", ":predict", _float_body('"0.5"'), 400, 'Type: String is not of expected type: float'),
-    ("over_max_batch_size", ":predict", {"instances": images(33, seed=21)}, 400,
-     "Task size 33 is larger than maximum input batch size 32"),
+    (
+        "true_among_floats",
+        ":predict",
+        _float_body("true"),
+        400,
+        "JSON Value: true Type: True is not of expected type: float",
+    ),
+    ("string_among_floats", ":predict", _float_body('"0.5"'), 400, "Type: String is not of expected type: float"),
+    (
+        "over_max_batch_size",
+        ":predict",
+        {"instances": images(33, seed=21)},
+        400,
+        "Task size 33 is larger than maximum input batch size 32",
+    ),
 ]
 
 
@@ -292,7 +390,12 @@ def test_bad_request(setup, case):
     "method, path, status, message",
     [
         ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
-        ("POST", f"/v1/models/{NAME}/versions/99:predict", 404, f"Servable not found for request: Specific({NAME}, 99)"),
+        (
+            "POST",
+            f"/v1/models/{NAME}/versions/99:predict",
+            404,
+            f"Servable not found for request: Specific({NAME}, 99)",
+        ),
         ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
         ("GET", f"/v1/models/{NAME}/versions/99", 404, f"Could not find version 99 of model {NAME}"),
         ("GET", f"/v1/models/{NAME}/versions/99/metadata", 404, "Servable not found"),
@@ -333,9 +436,12 @@ def test_server_still_answers_after_bad_requests(setup):
 def test_grpc_prediction_and_model_service(setup):
     import grpc
     from tensorflow_serving.apis import (
-        get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
         prediction_service_pb2_grpc,
-    )  # fmt: skip
+    )
 
     channel = grpc.insecure_channel(f"127.0.0.1:{setup['server'].grpc_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -374,7 +480,9 @@ def test_grpc_prediction_and_model_service(setup):
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = NAME
     status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=30)
-    assert [(s.version, s.state) for s in status.model_version_status] == [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    assert [(s.version, s.state) for s in status.model_version_status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+    ]
 
     request.model_spec.name = "nope"
     with pytest.raises(grpc.RpcError) as error:
@@ -395,7 +503,10 @@ def test_python_client_rest_and_grpc(setup):
     server, ref = setup["server"], setup["ref"]
     x = images(4, seed=16)
     expected = ref(images=x)
-    with ServingClient(server.url, NAME) as rest, ServingClient(server.url, NAME, grpc_target=f"127.0.0.1:{server.grpc_port}") as rpc:
+    with (
+        ServingClient(server.url, NAME) as rest,
+        ServingClient(server.url, NAME, grpc_target=f"127.0.0.1:{server.grpc_port}") as rpc,
+    ):
         for client in (rest, rpc):
             embedding, stddev = client.embed(x)
             close(embedding, expected["embedding"])
@@ -462,10 +573,20 @@ def test_batching_parameters_file_without_enable_batching_is_a_start_up_error(tm
     parameters = tmp_path / "batching.txt"
     parameters.write_text(BATCHING)
     result = subprocess.run(
-        [sys.executable, "-m", "serving.server", f"--model_base_path={tmp_path}", f"--batching_parameters_file={parameters}",
-         f"--rest_api_port={free_port()}", f"--port={free_port()}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            f"--model_base_path={tmp_path}",
+            f"--batching_parameters_file={parameters}",
+            f"--rest_api_port={free_port()}",
+            f"--port={free_port()}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "batching_parameters_file is set without setting server_options.enable_batching to true" in result.stderr
 
@@ -500,7 +621,9 @@ def test_32_concurrent_clients_get_their_own_rows(setup):
                     continue
                 rows = orjson.loads(response.content)["predictions"]
                 got = np.array([row["embedding"] for row in rows], np.float32)
-                if got.shape != (n, LATENT) or not np.allclose(got, expected["embedding"][start : start + n], rtol=1e-4, atol=1e-5):
+                if got.shape != (n, LATENT) or not np.allclose(
+                    got, expected["embedding"][start : start + n], rtol=1e-4, atol=1e-5
+                ):
                     mismatches.append((c, i))
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -544,7 +667,10 @@ def test_hot_swap_to_a_new_version_under_load(setup):
             while not stop.is_set():
                 sent = time.monotonic()  # when the request left: a reply can be read late on a busy machine
                 try:
-                    response = http.post(f"{server.url}/v1/models/{NAME}:predict", content=orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY))
+                    response = http.post(
+                        f"{server.url}/v1/models/{NAME}:predict",
+                        content=orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY),
+                    )
                 except httpx.HTTPError as error:
                     failures.append(repr(error))
                     continue
@@ -581,14 +707,18 @@ def test_hot_swap_to_a_new_version_under_load(setup):
     matches_v2 = [np.allclose(r, v2, rtol=1e-4, atol=1e-5) for _, r in results]
     assert all(a or b for a, b in zip(matches_v1, matches_v2)), "every answer comes from version 1 or version 2"
     assert matches_v1[0] and any(matches_v2)
-    assert all(m for (t, _), m in zip(results, matches_v2) if t > switched), "sent after the swap, only version 2 answers"
+    assert all(m for (t, _), m in zip(results, matches_v2) if t > switched), (
+        "sent after the swap, only version 2 answers"
+    )
 
 
 def test_sigterm_lets_in_flight_requests_finish(setup):
     server = swap_server(setup)
     body = orjson.dumps({"instances": images(1, seed=20)}, option=orjson.OPT_SERIALIZE_NUMPY)
-    head = (f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
         sock.sendall(head + body[: len(body) // 2])  # the request is in flight: half its body is sent
         time.sleep(0.5)

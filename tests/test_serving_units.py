@@ -2,6 +2,10 @@
 
 import asyncio
 import concurrent.futures
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import orjson
@@ -61,8 +65,9 @@ def _doubling_model(calls):
 
 def test_batch_scheduler_merges_pads_and_refuses_requests_over_max_batch_size():
     calls = []
-    options = batching.BatchingOptions(max_batch_size=16, batch_timeout_micros=20_000, num_batch_threads=2,
-                                       allowed_batch_sizes=(4, 16))  # fmt: skip
+    options = batching.BatchingOptions(
+        max_batch_size=16, batch_timeout_micros=20_000, num_batch_threads=2, allowed_batch_sizes=(4, 16)
+    )
     scheduler = batching.BatchScheduler(_doubling_model(calls), options)
     try:
         with pytest.raises(ServingError, match="Task size 17 is larger than maximum input batch size 16") as error:
@@ -89,8 +94,9 @@ def test_batch_scheduler_merges_pads_and_refuses_requests_over_max_batch_size():
 
 def test_large_batch_splitting_runs_a_request_in_pieces_and_joins_them():
     calls = []
-    options = batching.BatchingOptions(max_batch_size=64, num_batch_threads=1, enable_large_batch_splitting=True,
-                                       max_execution_batch_size=16)  # fmt: skip
+    options = batching.BatchingOptions(
+        max_batch_size=64, num_batch_threads=1, enable_large_batch_splitting=True, max_execution_batch_size=16
+    )
     scheduler = batching.BatchScheduler(_doubling_model(calls), options)
     try:
         x = np.arange(40 * 2, dtype=np.float32).reshape(40, 2)
@@ -115,8 +121,9 @@ def test_batch_queue_full_is_unavailable():
         gate.result(30)
         return {"y": inputs["x"]}
 
-    scheduler = batching.BatchScheduler(run, batching.BatchingOptions(max_batch_size=2, max_enqueued_batches=1,
-                                                                     num_batch_threads=1))  # fmt: skip
+    scheduler = batching.BatchScheduler(
+        run, batching.BatchingOptions(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1)
+    )
     try:
         first = scheduler.submit("s", {"x": np.zeros((2, 1))})
         while not first.running():
@@ -132,8 +139,9 @@ def test_batch_queue_full_is_unavailable():
 
 def test_requests_from_an_event_loop_are_batched_per_turn_and_answered_in_the_loop():
     calls = []
-    scheduler = batching.BatchScheduler(_doubling_model(calls), batching.BatchingOptions(max_batch_size=64,
-                                                                                          num_batch_threads=2))  # fmt: skip
+    scheduler = batching.BatchScheduler(
+        _doubling_model(calls), batching.BatchingOptions(max_batch_size=64, num_batch_threads=2)
+    )
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -162,17 +170,26 @@ def test_requests_from_an_event_loop_are_batched_per_turn_and_answered_in_the_lo
     "body, dtypes, expected",
     [
         (b'{"instances": [1, 2.5, NaN]}', {"x": tensor_json.DT_FLOAT}, {"x": [1.0, 2.5, np.nan]}),
-        (b'{"inputs": {"a": [[1, 2]], "b": ["s"]}}', {"a": tensor_json.DT_INT64, "b": tensor_json.DT_STRING},
-         {"a": [[1, 2]], "b": [b"s"]}),
-        (b'{"instances": [{"a": 1, "b": {"b64": "aGk="}}, {"a": 2, "b": "x"}]}',
-         {"a": tensor_json.DT_INT32, "b": tensor_json.DT_STRING}, {"a": [1, 2], "b": [b"hi", b"x"]}),
+        (
+            b'{"inputs": {"a": [[1, 2]], "b": ["s"]}}',
+            {"a": tensor_json.DT_INT64, "b": tensor_json.DT_STRING},
+            {"a": [[1, 2]], "b": [b"s"]},
+        ),
+        (
+            b'{"instances": [{"a": 1, "b": {"b64": "aGk="}}, {"a": 2, "b": "x"}]}',
+            {"a": tensor_json.DT_INT32, "b": tensor_json.DT_STRING},
+            {"a": [1, 2], "b": [b"hi", b"x"]},
+        ),
         (b'{"inputs": 3}', {"x": tensor_json.DT_DOUBLE}, {"x": 3.0}),
         # TF Serving's current rule: any number fills a float tensor, cast from the double.
-        (b'{"instances": [16777217, 1e39, -1e39, 0.1]}', {"x": tensor_json.DT_FLOAT},
-         {"x": [16777216.0, np.inf, -np.inf, np.float32(0.1)]}),
+        (
+            b'{"instances": [16777217, 1e39, -1e39, 0.1]}',
+            {"x": tensor_json.DT_FLOAT},
+            {"x": [16777216.0, np.inf, -np.inf, np.float32(0.1)]},
+        ),
         (b'{"inputs": [9007199254740993]}', {"x": tensor_json.DT_DOUBLE}, {"x": [9007199254740992.0]}),
     ],
-)  # fmt: skip
+)
 def test_request_json_to_tensors(body, dtypes, expected):
     _, arrays = tensor_json.request_to_arrays(tensor_json.parse_json(body), dtypes)
     for name, value in expected.items():
@@ -213,16 +230,20 @@ def _exact(body, dtypes):
 @pytest.mark.parametrize(
     "body",
     [
-        orjson.dumps({"instances": np.random.default_rng(0).uniform(size=(3, 4, 4, 2)).astype(np.float32)},
-                     option=orjson.OPT_SERIALIZE_NUMPY),
+        orjson.dumps(
+            {"instances": np.random.default_rng(0).uniform(size=(3, 4, 4, 2)).astype(np.float32)},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        ),
         b'{"signature_name": "a[1, 2]\\"[3]", "inputs": {"x": [ [ -1.5e-3 , 2E+2 ] ,\n\t[ 0 , -0.0 ] ] }}',
         b'{"instances": [{"x": [1, 2]}, {"x": [3, 4]}], "extra": [[5]]}',
         b'{"inputs": [[[1]], [[2]], [[3]]]}',
         b'{"instances": [7]}',
         b'{"inputs": [1, 2, 3], "note": "[1,2]"}',
-        orjson.dumps({"inputs": np.arange(150_000, dtype=np.float32) / 7}, option=orjson.OPT_SERIALIZE_NUMPY),  # > 1 MiB
+        orjson.dumps(
+            {"inputs": np.arange(150_000, dtype=np.float32) / 7}, option=orjson.OPT_SERIALIZE_NUMPY
+        ),  # > 1 MiB
     ],
-)  # fmt: skip
+)
 def test_fast_number_arrays_match_the_exact_path(body):
     assert tensor_json._parse_with_number_arrays(body) is not None  # the fast path takes these
     fast = tensor_json.request_to_arrays(tensor_json.parse_json(body), {"x": tensor_json.DT_FLOAT})
@@ -242,7 +263,7 @@ def test_fast_number_arrays_match_the_exact_path(body):
         (b'{"inputs": [1, 18446744073709551615]}', tensor_json.DT_UINT64),  # beyond int64
         (b'{"inputs": [1, 1e400]}', tensor_json.DT_FLOAT),  # beyond a double: simdjson refuses, the exact path casts
     ],
-)  # fmt: skip
+)
 def test_fast_path_agrees_with_the_exact_one_where_numbers_need_care(body, dtype):
     def outcome(parse):
         try:
@@ -257,8 +278,13 @@ def test_fast_path_agrees_with_the_exact_one_where_numbers_need_care(body, dtype
 
 
 def test_documents_the_fast_path_leaves_to_the_exact_one():
-    for body in [b'{"instances": [1, NaN]}', b'{"instances": [[1, 2], [3]]}', b'{"instances": [1, true]}',
-                 b'{"instances": ["\\u0000", 1]}', b'{"instances": [{"b64": "aGk="}]}']:  # fmt: skip
+    for body in [
+        b'{"instances": [1, NaN]}',
+        b'{"instances": [[1, 2], [3]]}',
+        b'{"instances": [1, true]}',
+        b'{"instances": ["\\u0000", 1]}',
+        b'{"instances": [{"b64": "aGk="}]}',
+    ]:
         assert tensor_json._parse_with_number_arrays(body) is None, body
 
 
@@ -280,7 +306,8 @@ def test_response_json_like_tf_serving():
 def test_grpc_outputs_fill_typed_fields_as_tf_serving():
     from tensorflow.core.framework import types_pb2
 
-    from serving.grpc_service import array_to_tensor_proto, parse_channel_arguments
+    from serving.grpc_service import array_to_tensor_proto
+    from serving.options import parse_channel_arguments
 
     floats = array_to_tensor_proto(np.array([[0.5, -1.25]], np.float32))
     assert list(floats.float_val) == [0.5, -1.25] and not floats.tensor_content
@@ -295,14 +322,100 @@ def test_grpc_outputs_fill_typed_fields_as_tf_serving():
     content = array_to_tensor_proto(np.array([0.5], np.float32), as_tensor_content=True)
     assert content.tensor_content and not content.float_val  # --enable_serialization_as_tensor_content
     assert parse_channel_arguments("grpc.max_receive_message_length=1000,grpc.lb_policy_name=round_robin") == {
-        "grpc.max_receive_message_length": 1000, "grpc.lb_policy_name": "round_robin"}  # fmt: skip
+        "grpc.max_receive_message_length": 1000,
+        "grpc.lb_policy_name": "round_robin",
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_channel_arguments("grpc.max_receive_message_length")
 
 
 def test_default_rest_body_limit_holds_1000_celeba_images_as_json():
-    from serving.server import DEFAULT_MAX_REQUEST_BYTES
+    from serving.options import DEFAULT_MAX_REQUEST_BYTES
 
     images = np.random.default_rng(0).uniform(size=(10, 64, 64, 3)).astype(np.float32)  # CelebA: 64x64x3
     per_10 = len(orjson.dumps({"instances": images}, option=orjson.OPT_SERIALIZE_NUMPY))
     assert 100 * per_10 < DEFAULT_MAX_REQUEST_BYTES
+
+
+# ----------------------------------------------------------------------------
+# Server options and their flags
+
+
+def test_server_flags_are_made_from_the_options_and_fill_them():
+    from absl import flags
+
+    from serving.options import ServerOptions
+    from zoo.config import define_flags
+
+    values = flags.FlagValues()
+    define_flags(ServerOptions, "test", flag_values=values)
+    values(
+        [
+            "server",
+            "--model_base_path=/models/m",
+            "--rest_api_port=8501",
+            "--enable_batching",
+            "--saved_model_tags=serve,gpu",
+            "--grpc_channel_arguments=grpc.max_receive_message_length=1000",
+        ]
+    )
+    options = ServerOptions(**{field.name: values[field.name].value for field in ServerOptions.fields()})
+    assert options == ServerOptions(
+        model_base_path="/models/m",
+        rest_api_port=8501,
+        enable_batching=True,
+        saved_model_tags="serve,gpu",
+        grpc_channel_arguments="grpc.max_receive_message_length=1000",
+    )
+    assert (options.port, options.file_system_poll_wait_seconds, options.host) == (8500, 1.0, "127.0.0.1")
+    assert options.meta_graph_tags == ("serve", "gpu")
+    assert options.channel_arguments == {"grpc.max_receive_message_length": 1000}
+    assert not options.shares_rest_port and ServerOptions(model_base_path="/m", rest_api_parent_pid=7).shares_rest_port
+    # Every option has its flag, with the option's default.
+    assert set(values) == {field.name for field in ServerOptions.fields()}
+    assert all(values[field.name].default == field.default for field in ServerOptions.fields())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"model_base_path": ""}, "server_options.model_base_path and server_options.model_config_file are empty!"),
+        ({"batching_parameters_file": "b.txt"}, "batching_parameters_file is set without setting server_options"),
+        ({"rest_api_workers": 0}, "rest_api_workers must be at least 1, got 0"),
+        ({"rest_api_workers": 2}, "--rest_api_workers needs a fixed --rest_api_port"),
+        ({"port": 8501, "rest_api_port": 8501}, "--port and --rest_api_port must differ"),
+        ({"grpc_channel_arguments": "grpc.lb_policy_name"}, "--grpc_channel_arguments: expected key=value"),
+        (
+            {
+                "tensorflow_session_parallelism": 2,
+                "tensorflow_intra_op_parallelism": 2,
+                "tensorflow_inter_op_parallelism": 2,
+            },
+            "You cannot configure all",
+        ),
+        ({"rest_api_port": "8501"}, "rest_api_port must be a int, got '8501'"),
+    ],
+)
+def test_wrong_server_options_say_what_is_expected(options, message):
+    from serving.options import ServerOptions
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServerOptions(**{"model_base_path": "/models/m", **options})
+
+
+def test_server_help_lists_every_flag():
+    from serving.options import IgnoredTFServingFlags, ServerOptions
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # check=False: absl's --help exits with status 1.
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.server", "--help"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, re.MULTILINE))
+    declared = {field.name for options in (ServerOptions, IgnoredTFServingFlags) for field in options.fields()}
+    assert listed == declared | {"version"}

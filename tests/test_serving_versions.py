@@ -13,9 +13,9 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 from serving import manager as manager_module
 from serving.errors import ServingError
-from serving.layout import list_versions
 from serving.manager import ModelManager, read_model_config_file, single_model_config
 from serving.rest import RestApi
+from zoo.export_layout import list_versions
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
@@ -38,7 +38,9 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("saved")
     for n in (1, 2):
         module = _AddN(n)
-        tf.saved_model.save(module, str(root / f"add{n}"), signatures={"serving_default": module.serve.get_concrete_function()})
+        tf.saved_model.save(
+            module, str(root / f"add{n}"), signatures={"serving_default": module.serve.get_concrete_function()}
+        )
     (root / "broken").mkdir()
     (root / "broken" / "saved_model.pb").write_bytes(b"not a SavedModel")
     return root
@@ -83,8 +85,12 @@ def test_model_config_file_versions_policies_and_labels(saved, tmp_path):
         # Labels may point to available versions only (TF Serving: FAILED_PRECONDITION otherwise).
         config_path.write_text(f"model_config_list {{{models.replace('LABELS', labels)}}}")
         manager.set_config(read_model_config_file(str(config_path)))
-        for name, spec, expected in [("all", {"label": "stable"}, 1), ("all", {"label": "canary"}, 3),
-                                     ("all", {"version": 1}, 1), ("latest", {}, 3)]:  # fmt: skip
+        for name, spec, expected in [
+            ("all", {"label": "stable"}, 1),
+            ("all", {"label": "canary"}, 3),
+            ("all", {"version": 1}, 1),
+            ("latest", {}, 3),
+        ]:
             assert answer(manager, name, **spec) == (expected, 1.0)
         with pytest.raises(ServingError, match="Unrecognized servable version label: beta"):
             answer(manager, "all", label="beta")
@@ -273,16 +279,23 @@ def test_cors_preflight_and_headers_as_tf_serving(saved, tmp_path):
     assert manager.start()
     try:
         plain, cors = RestApi(manager), RestApi(manager, enable_cors=True)
-        allow = {b"access-control-allow-origin": b"*", b"access-control-allow-methods": b"POST, GET",
-                 b"access-control-allow-headers": b"Content-Type"}  # fmt: skip
-        status, headers, body = call(cors, "OPTIONS", "/v1/models/m:predict", headers=[(b"origin", b"https://app.example")])
+        allow = {
+            b"access-control-allow-origin": b"*",
+            b"access-control-allow-methods": b"POST, GET",
+            b"access-control-allow-headers": b"Content-Type",
+        }
+        status, headers, body = call(
+            cors, "OPTIONS", "/v1/models/m:predict", headers=[(b"origin", b"https://app.example")]
+        )
         assert (status, body) == (200, b"") and allow.items() <= headers.items()
         status, headers, body = call(cors, "OPTIONS", "/v1/models/m")
         assert status == 400 and orjson.loads(body) == {"error": "Origin header is missing in CORS preflight"}
         status, headers, _ = call(cors, "GET", "/v1/models/m")
         assert status == 200 and allow.items() <= headers.items()
         status, headers, body = call(cors, "POST", "/v1/models/m:predict", b'{"instances": [[1, 2]]}')
-        assert status == 200 and orjson.loads(body) == {"predictions": [[2.0, 3.0]]} and allow.items() <= headers.items()
+        assert (
+            status == 200 and orjson.loads(body) == {"predictions": [[2.0, 3.0]]} and allow.items() <= headers.items()
+        )
         status, headers, _ = call(plain, "OPTIONS", "/v1/models/m", headers=[(b"origin", b"http://a")])
         assert status == 200 and b"access-control-allow-origin" not in headers  # preflight answered, no CORS
         status, headers, _ = call(cors, "GET", "/elsewhere")

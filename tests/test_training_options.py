@@ -47,7 +47,7 @@ def test_xla_computes_the_same_step():
 
 
 def test_an_xla_execution_of_several_steps_trains_as_its_steps_one_at_a_time():
-    """Steps unrolled into XLA programs (`ZooModel.make_train_function`) give the weights of one program per
+    """Steps unrolled into XLA programs (`train.xla_programs`) give the weights of one program per
     step: each step reads its own batch and draws its own noise (the sampled delusion). Executions of three
     steps run as programs of two and one; seven batches end with an execution cut short, which must still
     train on its last batch."""
@@ -55,9 +55,9 @@ def test_an_xla_execution_of_several_steps_trains_as_its_steps_one_at_a_time():
     weights, steps = [], []
     for steps_per_execution in (1, 3):
         keras.utils.set_random_seed(0)
-        model = _model(jit_compile=True, steps_per_execution=steps_per_execution)
-        model.steps_per_xla_program = 2
+        model = _model(jit_compile=True, steps_per_execution=steps_per_execution, steps_per_xla_program=2)
         model.fit(tf.data.Dataset.from_tensor_slices(images), epochs=1, verbose=0)
+        assert "_unrolled_train_function" in model.train_function.__qualname__  # the trainer's, not Keras'
         weights.append(model.get_weights())
         steps.append(int(model.optimizer.iterations.numpy()))
     assert steps == [7, 7]
@@ -71,8 +71,9 @@ def test_steps_per_execution_is_lowered_to_land_on_checkpoints_and_the_budget(tm
     loop.train(model, _data, model_dir, train_steps=6, checkpoint_every=4, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 6
     assert sorted(f for f in os.listdir(ModelDir(model_dir).checkpoint_dir) if f.endswith(".index")) == [
-        "ckpt-4.index", "ckpt-6.index",
-    ]  # fmt: skip
+        "ckpt-4.index",
+        "ckpt-6.index",
+    ]
 
 
 def test_mixed_precision_scales_the_loss_and_keeps_outputs_float32(tmp_path):

@@ -1,4 +1,5 @@
-"""Callbacks of the training loop: step budget and checkpoints, TensorBoard batch summaries, step timing."""
+"""Callbacks of the training loop: step budget and checkpoints, TensorBoard batch summaries, the robustness
+curve (`evaluate.quick_check`), step timing."""
 
 import csv
 import math
@@ -8,6 +9,9 @@ import time
 
 import keras
 import tensorflow as tf
+
+from evaluate import quick_check
+from zoo.model_dir import atomic_open
 
 
 class TrainingControl(keras.callbacks.Callback):
@@ -94,6 +98,28 @@ class BatchSummaries(EveryNSteps):
                 tf.summary.scalar(f"batch_{name}", value)
 
 
+class RobustnessMonitor(EveryNSteps):
+    """Every `every` optimizer steps: the quick check (`evaluate.quick_check`), to TensorBoard
+    (`robustness/...`) and a CSV (`quick_check.read_curve` reads it back)."""
+
+    def __init__(self, check_data, epsilons, every, csv_path, log_dir, pgd_steps=quick_check.PGD_STEPS, seed=0):
+        super().__init__(every, log_dir)
+        self.check_data, self.epsilons = check_data, tuple(epsilons)
+        self.csv_path, self.pgd_steps, self.seed = csv_path, pgd_steps, seed
+
+    def on_every(self, step, logs):
+        model = self.model
+        result = quick_check.quick_robustness(
+            lambda x: model(x, training=False), self.check_data, self.epsilons, self.pgd_steps, self.seed
+        )
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("robustness/clean_accuracy", result["clean"])
+            for epsilon, accuracy in result["pgd"].items():
+                tf.summary.scalar(f"robustness/pgd_accuracy_eps_{epsilon:g}", accuracy)
+        self.writer.flush()
+        quick_check.append_curve_row(self.csv_path, step, result, self.epsilons)
+
+
 class StepTimer(keras.callbacks.Callback):
     """Wall-clock seconds per training step, as `rows` of (step, seconds).
 
@@ -128,7 +154,7 @@ class StepTimer(keras.callbacks.Callback):
         if self.path is None:
             return
         new_file = not os.path.exists(self.path)
-        with open(self.path, "a", newline="") as f:
+        with atomic_open(self.path, "a") as f:
             writer = csv.writer(f)
             if new_file:
                 writer.writerow(("step", "seconds"))

@@ -86,9 +86,9 @@ def auto_precision():
 
 
 # What the speed defaults were chosen from: results/speed_defaults.md (VAE and AVAE, mlp and conv, float32,
-# alternated rounds in one run on a 2-core Xeon). XLA made the mlp step 1.3-1.4x faster and the conv step
-# 3-4x slower; 10 steps per execution added 5-35 % on mlp without XLA and 10 % with it, 50 nothing more, and
-# the conv step (100+ ms) does not notice the per-step Python work.
+# alternated rounds in one run on a 2-core Xeon). XLA made the mlp step faster and the conv step
+# slower; 10 steps per execution helped mlp with and without XLA, 50 nothing more, and the conv step does not
+# notice the per-step Python work.
 AUTO_JIT_ARCHITECTURES = ("mlp",)
 AUTO_STEPS_PER_EXECUTION = 10
 
@@ -106,15 +106,15 @@ def auto_steps_per_execution(checkpoint_every, train_steps, replicas):
     return 1 if replicas > 1 else math.gcd(AUTO_STEPS_PER_EXECUTION, checkpoint_every, train_steps)
 
 
-# results/xla_executions.md: programs of 5 unrolled steps ran the mlp AVAE 1.4x and the VAE 1.2-1.3x faster than
-# Keras' one program per step, for 8-11 s more compilation, which a run of 2,000 steps does not win back (break-even about
-# 4,000 AVAE and 7,000 VAE steps).
+# results/xla_executions.md: programs of 5 unrolled steps ran the mlp AVAE and VAE faster than Keras' one
+# program per step, for some seconds more compilation, which a short run does not win back (the break-even is
+# in that file).
 AUTO_STEPS_PER_XLA_PROGRAM = 5
 UNROLL_FROM_TRAIN_STEPS = 10_000
 
 
 def auto_steps_per_xla_program(train_steps):
-    """Training steps per XLA program (`ZooModel.make_train_function`): several for runs long enough to win back
+    """Training steps per XLA program (`train.xla_programs`): several for runs long enough to win back
     their compilation, one below."""
     return AUTO_STEPS_PER_XLA_PROGRAM if train_steps >= UNROLL_FROM_TRAIN_STEPS else 1
 

@@ -22,8 +22,10 @@ workers share.
 
 import contextlib
 import functools
-import hashlib
+import glob
 import math
+import os
+import re
 import shutil
 
 import keras
@@ -32,10 +34,13 @@ from absl import logging
 
 from train import distribute
 from train.callbacks import BatchSummaries, StepTimer, TrainingControl
+from train.xla_programs import use_xla_programs
 from zoo import registry
-from zoo.model_dir import ModelDir
+from zoo.model_dir import ModelDir, atomic_path
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Where checkpoints that do not restore are kept, inside the checkpoint directory.
+DAMAGED = "damaged"
 
 # Passes of `fit` in a row that may apply no step (all skipped by loss scaling) before training gives up.
 _MAX_STALLED_PASSES = 20
@@ -56,13 +61,18 @@ def _dtype_policy(name):
 
 
 def build_model(
-    name, strategy, learning_rate=1e-4, jit_compile=False, steps_per_execution=1, precision="float32",
-    steps_per_xla_program=None, **model_kwargs,
-):  # fmt: skip
+    name,
+    strategy,
+    learning_rate=1e-4,
+    jit_compile=False,
+    steps_per_execution=1,
+    precision="float32",
+    steps_per_xla_program=distribute.AUTO_STEPS_PER_XLA_PROGRAM,
+    **model_kwargs,
+):
     """Builds and compiles the registered model `name` under `strategy` (Adam).
 
-    `steps_per_xla_program`, with XLA: training steps unrolled into one XLA program (None: the model's
-    default, `ZooModel.steps_per_xla_program`).
+    `steps_per_xla_program`, with XLA: training steps unrolled into one XLA program (`train.xla_programs`).
 
     `precision` is a Keras dtype policy: the mixed ones compute in float16 or
     bfloat16 and keep float32 weights (the networks compute their output
@@ -76,13 +86,12 @@ def build_model(
     if jit_compile and strategy.num_replicas_in_sync > 1:
         # Keras compiles the whole distributed step, whose variables live on several devices, and XLA
         # has no collectives on CPU: tf.distribute with jit_compile fails at the first step.
-        logging.warning("jit_compile is ignored with %d replicas: the train step runs without XLA",
-                        strategy.num_replicas_in_sync)  # fmt: skip
+        logging.warning(
+            "jit_compile is ignored with %d replicas: the train step runs without XLA", strategy.num_replicas_in_sync
+        )
         jit_compile = False
     with strategy.scope(), _dtype_policy(precision):
         model = registry.get_model_class(name)(**model_kwargs)
-        if steps_per_xla_program is not None:
-            model.steps_per_xla_program = int(steps_per_xla_program)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
             jit_compile=jit_compile,
@@ -90,7 +99,12 @@ def build_model(
         )
         # Optimizer slots exist before a checkpoint is restored into them.
         model.optimizer.build(model.trainable_variables)
+    use_xla_programs(model, int(steps_per_xla_program))
     return model
+
+
+class CheckpointError(RuntimeError):
+    """The model directory has checkpoints, and none of them restores."""
 
 
 def checkpoint_manager(model, model_dir):
@@ -99,16 +113,80 @@ def checkpoint_manager(model, model_dir):
     return tf.train.CheckpointManager(checkpoint, model_dir.checkpoint_dir, max_to_keep=3)
 
 
-def restore(model, model_dir):
-    """Restores the latest checkpoint, if any; returns the step it resumes at."""
-    manager = checkpoint_manager(model, ModelDir(model_dir))
-    if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    step = int(model.optimizer.iterations.numpy())
-    if manager.latest_checkpoint:
+_CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+def _checkpoints_on_disk(directory):
+    """The checkpoint prefixes in `directory`, newest first: those its state file lists and those whose index is on
+    disk (a checkpoint written but not yet recorded, or a state file that is itself damaged)."""
+    prefixes = set()
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # an unreadable state file: the files on disk still say what there is
+        state = None
+    if state is not None:
+        prefixes.update(os.path.join(directory, os.path.basename(p)) for p in state.all_model_checkpoint_paths)
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        if _CHECKPOINT_INDEX.match(name):
+            prefixes.add(os.path.join(directory, name[: -len(".index")]))
+    return sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+
+
+def _move_aside(prefix):
+    """Moves every file of the checkpoint `prefix` into `damaged/` beside it (never deleting one); returns where."""
+    directory, name = os.path.split(prefix)
+    damaged = os.path.join(directory, DAMAGED)
+    os.makedirs(damaged, exist_ok=True)
+    target = os.path.join(damaged, name)
+    suffix = 1
+    while any(n.startswith(os.path.basename(target) + ".") for n in os.listdir(damaged)):
+        target, suffix = os.path.join(damaged, f"{name}.{suffix}"), suffix + 1  # damaged again at the same step
+    for path in glob.glob(glob.escape(prefix) + ".*") + glob.glob(glob.escape(prefix) + "_temp*"):
+        shutil.move(path, target + path[len(prefix) :])
+    return target
+
+
+def restore(model, model_dir, move_damaged=True):
+    """Restores the newest checkpoint that restores, if any; returns the step it resumes at.
+
+    A checkpoint that does not restore (a truncated or corrupt file, a write cut short) is moved into
+    `checkpoints/damaged/` with one warning, never deleted, and the next newest is tried; the state file then
+    lists only the good ones. Raises CheckpointError when checkpoints were found and none restores. A worker that
+    does not own the directory passes `move_damaged=False` and only skips them.
+    """
+    directory = ModelDir(model_dir).checkpoint_dir
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    candidates = _checkpoints_on_disk(directory)
+    for index, prefix in enumerate(candidates):
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+        except Exception as error:  # TensorFlow raises many types for a damaged file (IndexError, DataLossError, ...)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if not move_damaged:
+                logging.warning("skipping checkpoint %s, which does not restore (%s)", prefix, reason)
+                continue
+            logging.warning(
+                "checkpoint %s does not restore (%s): moved to %s; resuming from the one before",
+                prefix,
+                reason,
+                _move_aside(prefix),
+            )
+            continue
+        if move_damaged:  # the state file lists what is there: not the damaged, and those written but not recorded
+            good = candidates[index:]
+            tf.compat.v1.train.update_checkpoint_state(directory, good[0], list(reversed(good)))
+        step = int(model.optimizer.iterations.numpy())
         # A warning: a user who meant a fresh run learns here that the directory held one.
-        logging.warning("resuming from checkpoint %s at step %d", manager.latest_checkpoint, step)
-    return step
+        logging.warning("resuming from checkpoint %s at step %d", prefix, step)
+        return step
+    if candidates:
+        raise CheckpointError(
+            f"none of the {len(candidates)} checkpoints in {directory} restores "
+            f"({', '.join(os.path.basename(p) for p in candidates)}; "
+            + (f"moved to {os.path.join(directory, DAMAGED)}" if move_damaged else "left in place")
+            + "): delete the model directory, or train into a new one, to start afresh"
+        )
+    return int(model.optimizer.iterations.numpy())
 
 
 def _batch_size(dataset):
@@ -216,8 +294,11 @@ def _fit_steps_per_execution(model, steps_per_epoch, remaining):
     if fitting != wanted:
         logging.warning(
             "steps_per_execution=%d does not divide the checkpoint interval (%d) and the %d steps left; using %d",
-            wanted, steps_per_epoch, remaining, fitting,
-        )  # fmt: skip
+            wanted,
+            steps_per_epoch,
+            remaining,
+            fitting,
+        )
         with model.distribute_strategy.scope():
             model.compile(optimizer=model.optimizer, jit_compile=model.jit_compile, steps_per_execution=fitting)
 
@@ -232,13 +313,17 @@ def train(
     log_every=50,
     verbose="auto",
     callbacks=(),
+    initial_step=None,
 ):
     """Trains `model` to `train_steps` optimizer steps, resuming from `model_dir`.
 
+    `initial_step`: the step a caller that already restored the model (`restore`) resumes at; None restores here.
+
     `make_train_data(initial_step)` returns the training dataset, batched to
     the global batch size with drop_remainder and repeating forever (the step
-    budget ends training); it gets the step a resumed run starts at, so its
-    shuffling can continue rather than replay. `callbacks` are added to the
+    budget ends training); it gets the step a resumed run starts at and must
+    yield from there what the uninterrupted run would have read
+    (`zoo.data.training_order`), so that a resumed run ends with the same weights. `callbacks` are added to the
     run's own. Returns the Keras History of this invocation. Raises
     NonFiniteLossError, keeping the last good checkpoint, when a loss stops
     being finite. Under a multi-worker strategy every worker calls it; only
@@ -250,7 +335,8 @@ def train(
     out_dir = distribute.worker_model_dir(model_dir, role)
     if not role.is_chief:
         out_dir.check_writable()
-    initial_step = restore(model, model_dir)  # every worker restores the chief's checkpoint
+    if initial_step is None:  # every worker restores the chief's checkpoint
+        initial_step = restore(model, model_dir, move_damaged=role.is_chief)
     steps_per_epoch = max(1, min(checkpoint_every, train_steps))
     epochs = math.ceil(train_steps / steps_per_epoch)
     control = TrainingControl(checkpoint_manager(model, out_dir), train_steps, discard=not role.is_chief)
@@ -263,8 +349,11 @@ def train(
     try:
         history = None
         # The data comes shuffled (`make_train_data`); shuffle=False says so to Keras, which warns otherwise.
-        fit = (functools.partial(_multi_worker_fit, model) if distribute.is_multi_worker(strategy)
-               else functools.partial(model.fit, shuffle=False))  # fmt: skip
+        fit = (
+            functools.partial(_multi_worker_fit, model)
+            if distribute.is_multi_worker(strategy)
+            else functools.partial(model.fit, shuffle=False)
+        )
         # One pass normally; more when a loss-scaling optimizer skipped steps (non-finite float16
         # gradients), which do not advance the step counter.
         stalled_passes = 0
@@ -298,16 +387,9 @@ def train(
                 f"loss became non-finite at {at}; training stopped, "
                 f"last good checkpoint kept: {kept or 'none (no checkpoint was written yet)'}"
             )
-        model.save(out_dir.model_file)
+        with atomic_path(out_dir.model_file) as temporary:  # a kill during the save leaves the old model whole
+            model.save(temporary)
     finally:
         if not role.is_chief:  # a worker's temporary directory goes, whatever happened
             shutil.rmtree(out_dir.path, ignore_errors=True)
     return history
-
-
-def weights_digest(model):
-    """A short fingerprint of every weight's value: equal digests, equal models (e.g. across workers)."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(keras.ops.convert_to_numpy(weight).tobytes())
-    return digest.hexdigest()[:16]

@@ -6,8 +6,10 @@ import keras
 import tensorflow as tf
 
 import zoo
-from train import distribute, loop, robustness_check
-from train.settings import TrainSettings
+from evaluate import quick_check
+from train import distribute, loop
+from train import settings as train_settings
+from train.callbacks import RobustnessMonitor
 from zoo import data as zoo_data
 from zoo.model_dir import ModelDir, init_from_chain
 
@@ -23,19 +25,6 @@ class TrainResult:
     summary: dict = None
 
 
-def _split_options(model_class, options):
-    """(TrainSettings, the model's hyper-parameters) from `run`'s keyword arguments."""
-    settings, rest = TrainSettings.split(options)
-    hyperparameters, unknown = model_class.config_class.split(rest)
-    if unknown:
-        known = ", ".join(field.name for field in model_class.config_class.fields()) or "none"
-        raise ValueError(
-            f"unknown setting(s) {', '.join(sorted(unknown))} for model {model_class.registry_name!r} "
-            f"(its hyper-parameters: {known}; training settings: {', '.join(f.name for f in TrainSettings.fields())})"
-        )
-    return TrainSettings(**settings), hyperparameters
-
-
 def _train_size(settings):
     """Examples trained on: the training split's, or the first `train_examples` of it, for beta_tcvae's total
     correlation. Asking for more than the split has is an error (a data-size ablation would silently train on fewer)."""
@@ -43,8 +32,10 @@ def _train_size(settings):
     size = int(split.cardinality())
     if settings.train_examples:
         if size > 0 and settings.train_examples > size:
-            raise ValueError(f"train_examples {settings.train_examples} is more than the {size} examples of the "
-                             f"{settings.dataset} training split")  # fmt: skip
+            raise ValueError(
+                f"train_examples {settings.train_examples} is more than the {size} examples of the "
+                f"{settings.dataset} training split"
+            )
         return settings.train_examples
     if size < 1:
         raise ValueError(f"the size of the {settings.dataset} training split is unknown: give dataset_size")
@@ -55,7 +46,9 @@ def _init_source(model_name, model_class, settings):
     """The trained model `init_from` names, or None; a model that reads no data must have one."""
     if not settings.init_from:
         if not model_class.needs_data:
-            raise ValueError(f"{model_name} reads no data, it post-trains a trained model: give init_from=<its model_dir>")
+            raise ValueError(
+                f"{model_name} reads no data, it post-trains a trained model: give init_from=<its model_dir>"
+            )
         return None
     try:
         return zoo.load(settings.init_from)
@@ -72,8 +65,10 @@ def _check_dataset(model_class, settings):
         dataset = directory.read_config().get("dataset")
         if dataset:
             return dataset
-    raise ValueError(f"robustness_every: no model behind init_from {settings.init_from} says which data it was "
-                     "trained on, so there is nothing to check on")  # fmt: skip
+    raise ValueError(
+        f"robustness_every: no model behind init_from {settings.init_from} says which data it was "
+        "trained on, so there is nothing to check on"
+    )
 
 
 def _shapes(model_class, source, settings):
@@ -82,11 +77,13 @@ def _shapes(model_class, source, settings):
         shapes = (tuple(source.image_shape), source.arch, source.latent_dim)
         if not model_class.needs_data:
             return shapes
-    spec = zoo_data.get_spec(settings.dataset)
+    spec = zoo_data.get_spec(settings.dataset, settings.data_dir)
     if source is None:
-        return tuple(spec.image_shape), settings.arch or spec.default_arch, settings.latent_dim
+        return tuple(spec.image_shape), settings.arch, settings.latent_dim
     if shapes[0] != tuple(spec.image_shape):
-        raise ValueError(f"the init_from model takes {shapes[0]} images, dataset {settings.dataset} has {spec.image_shape}")
+        raise ValueError(
+            f"the init_from model takes {shapes[0]} images, dataset {settings.dataset} has {spec.image_shape}"
+        )
     return shapes
 
 
@@ -96,10 +93,10 @@ def run(model, model_dir, verbose="auto", **options):
     `options` are the fields of `TrainSettings` (dataset, arch, train_steps, ...) and the model's
     hyper-parameters (e.g. rho), by name; `verbose` is Keras' (0: no progress bar). Raises ValueError (bad settings), ModelDirError,
     DataUnavailableError or NonFiniteLossError with one clear sentence; nothing is written to
-    `model_dir` before the settings are checked. Returns a `TrainResult`.
+    `model_dir` before the settings and the data are checked. Returns a `TrainResult`.
     """
     model_class = zoo.get_model_class(model)
-    settings, hyperparameters = _split_options(model_class, options)
+    settings, hyperparameters = train_settings.resolve(model_class, options)
     distribute.split_cpu(settings.virtual_cpus)
     # First: MultiWorkerMirroredStrategy must exist before other TensorFlow work.
     strategy = distribute.make_strategy(settings.strategy)
@@ -111,22 +108,17 @@ def run(model, model_dir, verbose="auto", **options):
             f"batch_size {settings.batch_size} is not divisible by the {replicas} replicas of strategy "
             f"{settings.strategy!r}"
         )
-    if settings.precision == "auto":
-        settings = dataclasses.replace(settings, precision=distribute.auto_precision())
 
     source = _init_source(model, model_class, settings)
     image_shape, arch, latent_dim = _shapes(model_class, source, settings)
     # A model that reads no data (avae_ss) trains without any; it is checked on data only when a curve is asked for.
     checked = settings.robustness_every or (settings.summary and model_class.needs_data)
     check_dataset = _check_dataset(model_class, settings) if checked else None
-    if settings.jit_compile is None:
-        settings = dataclasses.replace(settings, jit_compile=distribute.auto_jit_compile(arch, replicas))
-    if settings.steps_per_execution is None:
-        settings = dataclasses.replace(settings, steps_per_execution=distribute.auto_steps_per_execution(
-            settings.checkpoint_every, settings.train_steps, replicas))  # fmt: skip
-    if settings.steps_per_xla_program is None:
-        settings = dataclasses.replace(
-            settings, steps_per_xla_program=distribute.auto_steps_per_xla_program(settings.train_steps))
+    # Missing or bad data fails here, before anything is written to model_dir (downloaded first where allowed).
+    dataset_read = settings.dataset if model_class.needs_data else check_dataset
+    if dataset_read:
+        zoo_data.check_available(dataset_read, settings.data_dir, settings.download)
+    settings = train_settings.with_speed_defaults(settings, arch, replicas)
     size_asked = hyperparameters.get("dataset_size", None) == 0  # 0 asks for the size trained on
     if model_class.needs_data and (settings.train_examples or size_asked):
         train_size = _train_size(settings)  # also refuses more train_examples than the split has
@@ -135,54 +127,94 @@ def run(model, model_dir, verbose="auto", **options):
     model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}
     # The model checks its hyper-parameters before anything is written to model_dir.
     keras_model = loop.build_model(
-        model, strategy, learning_rate=settings.learning_rate, jit_compile=settings.jit_compile,
-        steps_per_execution=settings.steps_per_execution, steps_per_xla_program=settings.steps_per_xla_program,
-        precision=settings.precision, **model_kwargs, **hyperparameters,
-    )  # fmt: skip
+        model,
+        strategy,
+        learning_rate=settings.learning_rate,
+        jit_compile=settings.jit_compile,
+        steps_per_execution=settings.steps_per_execution,
+        steps_per_xla_program=settings.steps_per_xla_program,
+        precision=settings.precision,
+        **model_kwargs,
+        **hyperparameters,
+    )
     dataset = settings.dataset if model_class.needs_data else None
     config = {
-        "model": model, "dataset": dataset, "init_from": settings.init_from,
-        **keras_model.get_config(), "image_shape": list(image_shape),
-    }  # fmt: skip
+        "model": model,
+        "dataset": dataset,
+        "init_from": settings.init_from,
+        **keras_model.get_config(),
+        "image_shape": list(image_shape),
+    }
     config.pop("name")
     directory = ModelDir(model_dir)
-    directory.prepare(config, flags=dataclasses.asdict(settings), write=role.is_chief)
+    directory.check(config)
     if source is not None:  # a resumed run then restores its own checkpoint over these weights
         keras_model.set_weights(source.get_weights())
+    # Before config.json and flags.json are written: a directory whose checkpoints all fail to restore gets nothing.
+    initial_step = loop.restore(keras_model, directory, move_damaged=role.is_chief)
+    if role.is_chief:
+        directory.record(config, flags=dataclasses.asdict(settings))
 
-    def make_train_data(initial_step):
+    def make_train_data(step):
         if not model_class.needs_data:  # batches that carry only the batch size: the model draws its inputs
             return tf.data.Dataset.from_tensors(tf.zeros([0])).repeat().batch(settings.batch_size, drop_remainder=True)
         return zoo_data.load(
-            settings.dataset, "train", settings.batch_size, data_dir=settings.data_dir, shuffle=True,
-            seed=settings.seed + initial_step, repeat=True, drop_remainder=True, download=settings.download,
-            take=settings.train_examples or None, colour_per_visit=settings.colour_per_visit,
-        )  # fmt: skip
+            settings.dataset,
+            "train",
+            settings.batch_size,
+            data_dir=settings.data_dir,
+            shuffle=True,
+            seed=settings.seed,
+            start=step * settings.batch_size,
+            repeat=True,
+            drop_remainder=True,
+            download=settings.download,
+            take=settings.train_examples or None,
+            colour_per_visit=settings.colour_per_visit,
+        )
 
     validation = None
     if settings.eval_examples and model_class.needs_data:
         validation = zoo_data.load(
-            settings.dataset, "test", settings.batch_size, data_dir=settings.data_dir, take=settings.eval_examples,
+            settings.dataset,
+            "test",
+            settings.batch_size,
+            data_dir=settings.data_dir,
+            take=settings.eval_examples,
             download=settings.download,
-        )  # fmt: skip
+        )
     check_data = None
     if role.is_chief and check_dataset:
-        check_data = robustness_check.load_check_data(check_dataset, settings.data_dir, settings.download)
+        check_data = quick_check.load_check_data(check_dataset, settings.data_dir, settings.download)
     callbacks = []
     if settings.robustness_every and check_data is not None:
-        callbacks.append(robustness_check.RobustnessMonitor(
-            check_data, settings.epsilons, settings.robustness_every, directory.robustness_curve_file,
-            f"{directory.log_dir}/robustness", seed=settings.seed,
-        ))  # fmt: skip
+        callbacks.append(
+            RobustnessMonitor(
+                check_data,
+                settings.epsilons,
+                settings.robustness_every,
+                directory.robustness_curve_file,
+                f"{directory.log_dir}/robustness",
+                seed=settings.seed,
+            )
+        )
     loop.train(
-        keras_model, make_train_data, directory.path, settings.train_steps, checkpoint_every=settings.checkpoint_every,
-        validation_data=validation, log_every=settings.log_every, callbacks=callbacks, verbose=verbose,
-    )  # fmt: skip
+        keras_model,
+        make_train_data,
+        directory.path,
+        settings.train_steps,
+        checkpoint_every=settings.checkpoint_every,
+        validation_data=validation,
+        log_every=settings.log_every,
+        callbacks=callbacks,
+        verbose=verbose,
+        initial_step=initial_step,
+    )
     result = TrainResult(
         model=keras_model,
         model_dir=directory,
         step=int(keras_model.optimizer.iterations.numpy()),
-        weights_digest=loop.weights_digest(keras_model),
+        weights_digest=zoo.weights_digest(keras_model),
         is_chief=role.is_chief,
     )
     if settings.summary and role.is_chief:
@@ -190,16 +222,19 @@ def run(model, model_dir, verbose="auto", **options):
         # workers that have finished. The chief measures the saved model, a copy of its own, instead.
         measured = zoo.load(directory.path) if distribute.is_multi_worker(strategy) else keras_model
         result.summary = _summary(measured, validation, check_data, settings)
+        directory.write_json(directory.summary_file, result.summary)
     return result
 
 
 def _summary(model, validation, check_data, settings):
     """What the run achieved: the validation metrics (test ELBO) and the quick robustness check."""
-    summary = {"test": None, "robustness": None}
+    summary = {"dataset": settings.dataset, "test": None, "robustness": None}
     if validation is not None:
-        summary["test"] = model.evaluate(validation, verbose=0, return_dict=True)
+        summary["test"] = {
+            name: float(value) for name, value in model.evaluate(validation, verbose=0, return_dict=True).items()
+        }
     if check_data is not None:
-        summary["robustness"] = robustness_check.quick_robustness(
+        summary["robustness"] = quick_check.quick_robustness(
             lambda x: model(x, training=False), check_data, (0.05, 0.1), seed=settings.seed
         )
     return summary

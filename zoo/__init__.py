@@ -1,11 +1,12 @@
 """Robust representation learning zoo.
 
-`zoo.load(model_dir)` loads the model a training run finished; `zoo.get_model_class(name)` and
+`zoo.load(model_dir)` loads the model a training run finished, `zoo.weights_digest(model)` fingerprints its
+weights; `zoo.get_model_class(name)` and
 `zoo.MODELS` give the registered models. The models register on first use of these, so importing
 `zoo` itself loads no TensorFlow and a command line can quiet TensorFlow first (`zoo.console`).
 """
 
-_LAZY = ("MODELS", "get_model_class", "load")
+_LAZY = ("MODELS", "get_model_class", "load", "weights_digest")
 
 
 def __getattr__(name):

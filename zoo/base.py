@@ -62,9 +62,6 @@ class ZooModel(keras.Model):
     extra_terms = ()
     # False for models that train from their own samples and read no dataset (AVAE-SS).
     needs_data = True
-    # Training steps unrolled into one XLA program (`make_train_function`): the mlp steps were about as fast
-    # as with 10, at half the compile time (results/xla_executions.md). `train` sets it by the run's length.
-    steps_per_xla_program = 5
 
     def __init__(self, image_shape=(28, 28, 1), arch="mlp", latent_dim=64, seed=0, **kwargs):
         hyperparameters, keras_kwargs = self.config_class.split(kwargs)
@@ -149,66 +146,6 @@ class ZooModel(keras.Model):
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return self.update_trackers(terms)
 
-    def make_train_function(self, force=False):
-        """Keras' train function, except that under XLA an execution's steps are unrolled into XLA programs
-        of up to `steps_per_xla_program` steps each.
-
-        Keras compiles each step alone and loops over them, so the program's launch and buffers come back
-        every step, a large part of a small (mlp) step. Unrolled, fed their batches, the mlp steps ran
-        1.3-2.2x faster, with the same weights (results/xla_executions.md); compile time grows with the
-        steps per program, which caps them. An execution that the data cuts short runs its batches one by
-        one in a program of one step. The programs draw their noise with ThreeFry (`rng.xla_program`).
-        One replica only: several cannot run one XLA program on CPU (`train.loop.build_model`).
-        """
-        if self.train_function is not None and not force:
-            return self.train_function
-        strategy = self.distribute_strategy
-        if not self.jit_compile or self.run_eagerly or strategy.num_replicas_in_sync > 1:
-            return super().make_train_function(force)
-        steps = int(self.steps_per_execution)
-        per_program = int(self.steps_per_xla_program)
-
-        def one_step(batch):
-            with rng.xla_program():
-                return strategy.experimental_local_results(strategy.run(self.train_step, args=(batch,)))[0]
-
-        def unrolled(batches):
-            for batch in batches:
-                logs = one_step(batch)
-            return logs
-
-        one_step_program = tf.function(one_step, jit_compile=True, reduce_retracing=True)
-        unrolled_program = tf.function(unrolled, jit_compile=True, reduce_retracing=True)
-
-        @tf.function
-        def execution(iterator):
-            batches = [iterator.get_next_as_optional() for _ in range(steps)]
-            ran = tf.reduce_sum([tf.cast(batch.has_value(), tf.int32) for batch in batches])
-
-            def one_by_one():
-                logs = {name: tracker.result() for name, tracker in self.trackers.items()}
-                for batch in batches:
-                    logs = tf.cond(batch.has_value(), lambda batch=batch: one_step_program(batch.get_value()),
-                                   lambda logs=logs: logs)  # fmt: skip
-                return logs
-
-            def all_there():
-                values = [batch.get_value() for batch in batches]
-                for begin in range(0, steps, per_program):
-                    logs = unrolled_program(values[begin : begin + per_program])
-                return logs
-
-            return ran, tf.cond(ran == steps, all_there, one_by_one)
-
-        def train_function(iterator):
-            ran, logs = execution(iterator)
-            if ran == 0:
-                raise StopIteration
-            return logs
-
-        self.train_function = train_function
-        return train_function
-
     def test_step(self, data):
         x = images_of(data)
         # Each batch weighs by its examples, so a short last batch counts for what it holds, and an empty
@@ -234,10 +171,11 @@ class CoupledConfig(ModelConfig):
 
     # separate: with joint passes the conv AVAE lost its robustness (results/coupled_pass.md).
     coupled_pass: str = setting(
-        "separate", "With a BatchNorm encoder (conv): encode each batch coupled to the data in its own pass, as the "
+        "separate",
+        "With a BatchNorm encoder (conv): encode each batch coupled to the data in its own pass, as the "
         "papers' code does (separate), or together with the data in one pass, with the same batch statistics (joint).",
         choices=COUPLED_PASSES,
-    )  # fmt: skip
+    )
 
 
 @dataclasses.dataclass
@@ -248,9 +186,11 @@ class VAEConfig(ModelConfig):
     )
     likelihood: str = setting("gaussian", "Decoder likelihood.", choices=LIKELIHOODS)
     posterior_noise: str = setting(
-        "std", "Scale of a posterior sample's noise: std (z = mu + sigma eps, the VAE's reparameterisation) or "
-        "variance (z = mu + sigma^2 eps, as the public AVAE reference code samples).", choices=POSTERIOR_NOISE,
-    )  # fmt: skip
+        "std",
+        "Scale of a posterior sample's noise: std (z = mu + sigma eps, the VAE's reparameterisation) or "
+        "variance (z = mu + sigma^2 eps, as the public AVAE reference code samples).",
+        choices=POSTERIOR_NOISE,
+    )
 
 
 class BaseVAE(ZooModel):

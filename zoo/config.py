@@ -2,8 +2,9 @@
 
 A model's hyper-parameters are the fields of its config class, and each field
 carries everything said about it once: its type and default, a help line, the
-choices of a string setting and a check of its value. The command-line flags,
-their help, the validation and the model's `get_config` all read the fields.
+choices of a string setting and a check of its value. The command-line flags
+(`define_flags`, for training's settings and the server's options alike), their
+help, the validation and the model's `get_config` all read the fields.
 A variant inherits its parent's config and adds fields:
 
     @dataclasses.dataclass
@@ -19,6 +20,7 @@ import dataclasses
 import typing
 
 import numpy as np
+from absl import flags
 
 
 def setting(default, help, choices=None, check=None):
@@ -128,8 +130,31 @@ class Config:
         return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
 
     def to_dict(self):
-        return {f.name: list(v) if isinstance(v, tuple) else v for f in dataclasses.fields(self)
-                for v in (getattr(self, f.name),)}  # fmt: skip
+        return {
+            f.name: list(v) if isinstance(v, tuple) else v
+            for f in dataclasses.fields(self)
+            for v in (getattr(self, f.name),)
+        }
+
+
+_DEFINE_BY_TYPE = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+}
+
+
+def define_flags(config_class, module_name, flag_values=flags.FLAGS):
+    """One absl flag per field of the `Config` dataclass `config_class` (its name, default, help and choices),
+    listed by `--help` under `module_name`; `config_class(**values)` then validates the values given."""
+    for field in config_class.fields():
+        help_text, choices = field.metadata["help"], field.metadata["choices"]
+        kwargs = {"module_name": module_name, "flag_values": flag_values}
+        if choices:
+            flags.DEFINE_enum(field.name, field.default, list(choices), help_text, **kwargs)
+        else:
+            _DEFINE_BY_TYPE[field.type](field.name, field.default, help_text, **kwargs)
 
 
 @dataclasses.dataclass

@@ -36,7 +36,7 @@ def quiet_tensorflow():
     Also turns on TensorFlow's oneDNN kernels unless TF_ENABLE_ONEDNN_OPTS says otherwise. TensorFlow
     enables them by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; elsewhere (AVX2 machines
     such as AMD Zen) it falls back to Eigen, whose gradient of a strided convolution made the conv encoder's
-    step 3-4x slower (results/onednn.md).
+    step several times slower (results/onednn.md).
     """
     if "tensorflow" in sys.modules:
         return

@@ -9,11 +9,14 @@ A training run writes, and evaluation, export and the benchmarks read:
 - `logs/`: TensorBoard summaries; `timing.csv`: wall-clock seconds per step;
   `robustness_curve.csv`: robustness measured during training.
 - `model.keras`: the final model.
+- `summary.json`: the end-of-run summary the command line prints (test ELBO, quick robustness check).
 - `robustness.json`, `robustness.md`: the evaluation, when it was written here.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 # config.json keys that must match for a run to resume in an existing directory.
@@ -36,6 +39,7 @@ class ModelDir:
     MODEL = "model.keras"
     ROBUSTNESS = "robustness.json"
     ROBUSTNESS_REPORT = "robustness.md"
+    SUMMARY = "summary.json"
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -58,6 +62,7 @@ class ModelDir:
     model_file = property(lambda self: self._join(self.MODEL))
     robustness_file = property(lambda self: self._join(self.ROBUSTNESS))
     robustness_report = property(lambda self: self._join(self.ROBUSTNESS_REPORT))
+    summary_file = property(lambda self: self._join(self.SUMMARY))
 
     def worker_dir(self, task_type, task_id):
         """Where a multi-worker run's non-chief worker writes (and deletes afterwards)."""
@@ -110,12 +115,20 @@ class ModelDir:
         Workers other than the chief pass `write=False`: they check the chief's directory but leave its
         files to the chief.
         """
+        self.check(config)
+        if write:
+            self.record(config, flags)
+
+    def check(self, config):
+        """Creates the directory and refuses one written for another run; writes nothing in it."""
         self.check_writable()
         self.check_identity(config)
-        if write:
-            self.write_json(self.config_file, config)
-            if flags is not None:
-                self.write_json(self.flags_file, flags)
+
+    def record(self, config, flags=None):
+        """Writes config.json (and flags.json)."""
+        self.write_json(self.config_file, config)
+        if flags is not None:
+            self.write_json(self.flags_file, flags)
 
 
 def init_from_chain(source, after=None):
@@ -131,21 +144,40 @@ def init_from_chain(source, after=None):
         source = directory.read_flags().get("init_from")
 
 
-def write_json(path, value, **dump_options):
-    """Writes `value` as JSON atomically (a temporary file, then a rename).
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` (same suffix, for writers that check it) that becomes `path` by a
+    rename once the block succeeds.
 
-    A reader (another worker checking the chief's config.json, an evaluation reading a running
-    job's files) sees the old file or the new one, never a half-written one, and a killed writer
-    leaves the old file intact.
+    A reader (another worker checking the chief's config.json, an evaluation reading a running job's files)
+    sees the old file or the new one, never a half-written one; a writer killed or failing midway leaves the
+    old file whole and no debris but, after a kill, a hidden temporary file.
     """
-    temporary = f"{path}.tmp-{os.getpid()}"
+    directory, name = os.path.split(os.fspath(path))
+    stem, suffix = os.path.splitext(name)
+    temporary = os.path.join(directory, f".{stem}.tmp-{os.getpid()}{suffix}")
     try:
-        with open(temporary, "w") as f:
-            json.dump(value, f, indent=2, **dump_options)
+        yield temporary
         os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):  # the write failed: no debris
+        if os.path.exists(temporary):  # the write failed
             os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w"):
+    """`open(path, mode)` for writing, atomically (`atomic_path`); mode "a" starts from the old content."""
+    with atomic_path(path) as temporary:
+        if "a" in mode and os.path.exists(path):
+            shutil.copyfile(path, temporary)
+        with open(temporary, mode, newline="" if "b" not in mode else None) as f:
+            yield f
+
+
+def write_json(path, value, **dump_options):
+    """Writes `value` as JSON atomically (`atomic_open`)."""
+    with atomic_open(path) as f:
+        json.dump(value, f, indent=2, **dump_options)
 
 
 def read_json(path):

@@ -6,7 +6,8 @@
 
 Each encoder is a SavedModel written by `export.encoder` (its signatures, the TF Hub reusable API and
 `assets/model_card.json`, whose `evaluation` key holds the robustness table it was audited with) under
-`zoo/pretrained_encoders/<name>/<version>/`, so `path(name)`'s parent is a TF Serving model base path:
+`zoo/pretrained_encoders/<name>/<version>/` (`zoo.export_layout`), so `path(name)`'s parent is a TF Serving model
+base path:
 
     python -m serving.server --model_name=avae --model_base_path=<parent of pretrained.path(name)>
 
@@ -17,10 +18,9 @@ import importlib.resources
 import json
 import os
 
-from serving.layout import list_versions
+from zoo.export_layout import list_versions, model_card_file
 
 PACKAGE_DIRECTORY = "pretrained_encoders"
-_MODEL_CARD = os.path.join("assets", "model_card.json")
 _EIGHT_BIT_HINT = "divide 8-bit pixels by 255"  # the usual slip behind a wrong dtype or range
 
 
@@ -58,7 +58,7 @@ def model_card(name):
 
 def read_model_card(directory):
     """The model card of any encoder `export.encoder` wrote, given its SavedModel version directory."""
-    with open(os.path.join(directory, _MODEL_CARD)) as f:
+    with open(model_card_file(directory)) as f:
         return json.load(f)
 
 
@@ -114,7 +114,9 @@ class Encoder:
         images = tf.cast(images, tf.float32)
         # Pixels in [0, 255] given as floats are the usual slip, and they would give an embedding without a word.
         message = f"images must lie in [0, 1] ({_EIGHT_BIT_HINT})"
-        checks = [tf.debugging.assert_greater_equal(images, 0.0, message=message),
-                  tf.debugging.assert_less_equal(images, 1.0, message=message)]  # fmt: skip
+        checks = [
+            tf.debugging.assert_greater_equal(images, 0.0, message=message),
+            tf.debugging.assert_less_equal(images, 1.0, message=message),
+        ]
         with tf.control_dependencies(checks):
             return tf.identity(images)

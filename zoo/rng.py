@@ -3,11 +3,11 @@
 TensorFlow's default algorithm, "auto_select", is Philox on CPUs and GPUs: without XLA it draws the same
 numbers as naming Philox. Under XLA, though, it derives the Philox key from the seed inside the compiled
 step, and (what we believe explains the cost) XLA fuses that scalar derivation into the loop over every
-drawn element: on a CPU the MLP AVAE step (one 64 x 2,352 delusion per step) ran 2.4x slower, one thread,
+drawn element: on a CPU the MLP AVAE step (one 64 x 2,352 delusion per step) ran slower, one thread,
 than with the algorithm named (results/rng_xla.md). Every draw goes through here so that none is left behind.
 
 Even named, XLA's Philox is slow on a CPU: a 64 x 2,352 normal draw cost about half the mlp VAE's whole step.
-The programs that train several steps in one XLA program (`ZooModel.make_train_function`) therefore trace
+The programs that train several steps in one XLA program (`train.xla_programs`) therefore trace
 their draws inside `xla_program()`, which draws as JAX does: ThreeFry bits, and normals sqrt(2) erfinv(u) of
 u uniform in (-1, 1). TensorFlow's kernels have no ThreeFry, so only XLA programs can draw it; a run with
 XLA then draws other (equally random) numbers than the same run without.

@@ -7,7 +7,7 @@ one class added to `STAGES`; its settings become `python -m evaluate.robustness`
 
 import dataclasses
 
-from evaluate.stage import Common, EvaluationError
+from evaluate.stage_base import Common, EvaluationError
 from evaluate.stages.accuracy import Accuracy
 from evaluate.stages.ae_attacks import AutoencoderAttacks
 from evaluate.stages.chains import Chains
@@ -23,8 +23,10 @@ def setting_owners():
     for owner in (Common, *STAGES.values()):
         for field in dataclasses.fields(owner):
             if field.name in owners:
-                raise TypeError(f"setting {field.name!r} is declared by both {owners[field.name].__name__} and "
-                                f"{owner.__name__}; settings are flat flags, so names must be unique")  # fmt: skip
+                raise TypeError(
+                    f"setting {field.name!r} is declared by both {owners[field.name].__name__} and "
+                    f"{owner.__name__}; settings are flat flags, so names must be unique"
+                )
             owners[field.name] = owner
     return owners
 

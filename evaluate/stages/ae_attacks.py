@@ -1,4 +1,4 @@
-"""Attacks on the autoencoder itself (robust GMM-DAE paper, section 4, Table 1; `evaluate.ae_attacks`).
+"""Attacks on the autoencoder itself (robust GMM-DAE paper, section 4, Table 1; `evaluate.ae_attacks_maths`).
 
 The latent-space attack (min ||z(x + d) - z(x_t)||, x_t an image of another class of `target_task`) and the
 maximum-damage attack (max ||dec(z(x + d)) - dec(z(x))||), L2 PGD with ||d|| <= lambda, over trials of
@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from evaluate import ae_attacks, report
-from evaluate.stage import ALL_POSITIVE, EvaluationError, Stage, batches, stats
+from evaluate import ae_attacks_maths, report
+from evaluate.stage_base import ALL_POSITIVE, EvaluationError, Stage, batches, stats
 from zoo import data as zoo_data
 from zoo.config import AT_LEAST_ONE, setting
 
@@ -25,23 +25,28 @@ class AutoencoderAttacks(Stage):
     name = "ae_attacks"
     results = ("latent_attack", "max_damage_attack")
 
-    lambdas: tuple[float, ...] = setting((1.0, 3.0, 5.0), "L2 radii of the latent-space and maximum-damage attacks.",
-                                         check=ALL_POSITIVE)  # fmt: skip
-    ae_attack_examples: int = setting(100, "Random test images attacked per trial (autoencoder attacks).",
-                                      check=AT_LEAST_ONE)  # fmt: skip
-    ae_attack_trials: int = setting(10, "Trials of the autoencoder attacks (mean and std over trials).",
-                                    check=AT_LEAST_ONE)  # fmt: skip
-    target_task: Optional[str] = setting(None, "Task whose classes pick latent-attack targets; default: the first "
-                                               "task.")  # fmt: skip
+    lambdas: tuple[float, ...] = setting(
+        (1.0, 3.0, 5.0), "L2 radii of the latent-space and maximum-damage attacks.", check=ALL_POSITIVE
+    )
+    ae_attack_examples: int = setting(
+        100, "Random test images attacked per trial (autoencoder attacks).", check=AT_LEAST_ONE
+    )
+    ae_attack_trials: int = setting(
+        10, "Trials of the autoencoder attacks (mean and std over trials).", check=AT_LEAST_ONE
+    )
+    target_task: Optional[str] = setting(
+        None, "Task whose classes pick latent-attack targets; default: the first task."
+    )
 
     def task(self, tasks):
         return self.target_task or next(iter(tasks))
 
-    def check_inputs(self, dataset, tasks):
-        spec = zoo_data.get_spec(dataset)
+    def check_inputs(self, dataset, tasks, data_dir=None):
+        spec = zoo_data.get_spec(dataset, data_dir)
         if self.task(tasks) not in spec.tasks:
-            raise EvaluationError(f"dataset {dataset!r} has no task {self.task(tasks)!r}; its tasks: "
-                                  f"{', '.join(spec.tasks)}")  # fmt: skip
+            raise EvaluationError(
+                f"dataset {dataset!r} has no task {self.task(tasks)!r}; its tasks: {', '.join(spec.tasks)}"
+            )
 
     def run(self, context):
         common, model, images = context.common, context.model, context.images
@@ -51,22 +56,29 @@ class AutoencoderAttacks(Stage):
         rng = np.random.default_rng(common.seed)
         sources, targets, per_trial = self._attack_pairs(labels, len(images), rng)
         results = {}
-        for a, kind in enumerate(ae_attacks.ATTACKS):
+        for a, kind in enumerate(ae_attacks_maths.ATTACKS):
             classify = None if probe is None or kind != "latent" else (lambda z: tf.matmul(z, probe[0]) + probe[1])
-            run = ae_attacks.make_attack(kind, model.encode_mean, model.decode, common.pgd_steps, common.restarts,
-                                         classify=classify)  # fmt: skip
+            run = ae_attacks_maths.make_attack(
+                kind, model.encode_mean, model.decode, common.pgd_steps, common.restarts, classify=classify
+            )
             downstream, by_lambda = {}, {}
             start = time.perf_counter()
-            for l, lam in enumerate(self.lambdas):
+            for lam_index, lam in enumerate(self.lambdas):
                 progress = context.progress(f"[ae_attacks] {kind} lambda={lam:g}", len(sources))
                 collected = {}
                 for i, (lo, hi) in enumerate(batches(len(sources), common.batch_size)):
-                    out = run(tf.constant(images[sources[lo:hi]]), tf.constant(images[targets[lo:hi]]),
-                              tf.constant(lam, tf.float32), context.seed(100 + a, l, i))  # fmt: skip
+                    out = run(
+                        tf.constant(images[sources[lo:hi]]),
+                        tf.constant(images[targets[lo:hi]]),
+                        tf.constant(lam, tf.float32),
+                        context.seed(100 + a, lam_index, i),
+                    )
                     for key, value in out.items():
                         collected.setdefault(key, []).append(value.numpy())
                     progress.update(hi - lo, f", loss so far {np.mean(np.concatenate(collected['loss'])):.3f}")
-                predictions = {k: np.concatenate(collected.pop(k)) for k in ae_attacks.PREDICTIONS if k in collected}
+                predictions = {
+                    k: np.concatenate(collected.pop(k)) for k in ae_attacks_maths.PREDICTIONS if k in collected
+                }
                 if predictions:
                     true_class = labels[sources]
                     downstream["clean"] = float(np.mean(predictions["clean_prediction"] == true_class))
@@ -86,11 +98,12 @@ class AutoencoderAttacks(Stage):
             results[f"{kind}_attack"] = {
                 "reference": "target" if kind == "latent" else "input",
                 "objective": (
-                    "min ||z(x + d) - z(x_t)||_2, ||d||_2 <= lambda" if kind == "latent"
+                    "min ||z(x + d) - z(x_t)||_2, ||d||_2 <= lambda"
+                    if kind == "latent"
                     else "max ||dec(z(x + d)) - dec(z(x))||_2, ||d||_2 <= lambda"
-                ),  # fmt: skip
+                ),
                 "target_task": target_task if kind == "latent" else None,
-                "metrics": list(ae_attacks.METRICS) + ["perturbation_l2"],
+                "metrics": list(ae_attacks_maths.METRICS) + ["perturbation_l2"],
                 "examples_per_trial": per_trial,
                 "trials": self.ae_attack_trials,
                 "by_lambda": by_lambda,

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from evaluate import fid
-from evaluate.stage import EvaluationError, Stage, batches
+from evaluate.stage_base import EvaluationError, Stage, batches
 from zoo.config import AT_LEAST_ONE, setting
 
 
@@ -17,8 +17,9 @@ class Decoder(Stage):
     results = ("mse", "fid", "fid_reconstructions", "fid_features")
 
     fid_features: str = setting("auto", "FID feature extractor.", choices=fid.FEATURE_KINDS)
-    fid_cache_dir: Optional[str] = setting(None, "Cache of FID classifiers; default "
-                                                 "~/.cache/robust_zoo/fid_classifiers.")  # fmt: skip
+    fid_cache_dir: Optional[str] = setting(
+        None, "Cache of FID classifiers; default ~/.cache/robust_zoo/fid_classifiers."
+    )
     fid_classifier_train_examples: int = setting(10000, "Training examples of the FID classifier.", check=AT_LEAST_ONE)
     fid_classifier_epochs: int = setting(3, "Epochs of the FID classifier.", check=AT_LEAST_ONE)
 
@@ -26,9 +27,16 @@ class Decoder(Stage):
         common, model, images, log = context.common, context.model, context.images, context.log
         try:
             extractor = fid.make_extractor(
-                self.fid_features, context.dataset, context.data_dir, self.fid_cache_dir or fid.default_cache_dir(),
-                self.fid_classifier_train_examples, self.fid_classifier_epochs, common.seed, common.download, log,
-            )  # fmt: skip
+                self.fid_features,
+                context.dataset,
+                context.data_dir,
+                self.fid_cache_dir or fid.default_cache_dir(),
+                self.fid_classifier_train_examples,
+                self.fid_classifier_epochs,
+                common.seed,
+                common.download,
+                log,
+            )
         except ValueError as error:
             raise EvaluationError(str(error)) from None
         encode_decode = tf.function(lambda x: model.decode(model.encode_mean(x)))
@@ -55,8 +63,10 @@ class Decoder(Stage):
                 ]
             )
             fid_samples = fid.fid(extractor, images, samples)
-        log(f"[decoder] FID samples {'none' if fid_samples is None else f'{fid_samples:.3f}'}, reconstructions "
-            f"{fid_reconstructions:.3f} ({len(images)} images)")  # fmt: skip
+        log(
+            f"[decoder] FID samples {'none' if fid_samples is None else f'{fid_samples:.3f}'}, reconstructions "
+            f"{fid_reconstructions:.3f} ({len(images)} images)"
+        )
         return {
             "mse": mse,
             "fid": fid_samples,

@@ -18,9 +18,11 @@ from zoo.config import NON_NEGATIVE, setting
 class BetaTCVAEConfig(base.VAEConfig):
     beta: float = setting(4.0, "Weight of the total-correlation part of the KL (1: the VAE).", check=NON_NEGATIVE)
     dataset_size: int = setting(
-        0, "Training-set size N of the TC estimator (0: the infinite-dataset limit); training fills in the "
-        "training split's size when it is 0.", check=NON_NEGATIVE,
-    )  # fmt: skip
+        0,
+        "Training-set size N of the TC estimator (0: the infinite-dataset limit); training fills in the "
+        "training split's size when it is 0.",
+        check=NON_NEGATIVE,
+    )
 
 
 @registry.register("beta_tcvae")

@@ -22,9 +22,7 @@ from zoo.models import augmented_gmm_dae
 
 @dataclasses.dataclass
 class RobustGMMDAEConfig(augmented_gmm_dae.AugmentedGMMDAEConfig):
-    alpha: float = setting(
-        0.9, "Coupling of codes and adversarial codes in the covariance target.", check=CORRELATION
-    )
+    alpha: float = setting(0.9, "Coupling of codes and adversarial codes in the covariance target.", check=CORRELATION)
 
 
 @registry.register("robust_gmm_dae")

@@ -39,9 +39,7 @@ class SelectionConfig(base.CoupledConfig):
 @dataclasses.dataclass
 class SEConfig(base.VAEConfig, SelectionConfig):
     # rho 0.95 is the paper's rho_SE; SE^5 (5 PGD steps) at radius 0.1 is its SE_0.1 on CelebA.
-    rho: float = setting(
-        0.95, "Coupling strength between a code and its PGD-selected input's code.", check=COUPLING
-    )
+    rho: float = setting(0.95, "Coupling strength between a code and its PGD-selected input's code.", check=COUPLING)
 
 
 def select(model, x, rho):

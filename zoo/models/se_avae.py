@@ -13,7 +13,6 @@ each coupling expectation in closed form for the factorised pair, as eq. (35) wr
 
 import dataclasses
 
-import tensorflow as tf
 
 from zoo import registry
 from zoo.config import COUPLING, setting
@@ -23,9 +22,7 @@ from zoo.models import avae, se
 @dataclasses.dataclass
 class SEAVAEConfig(avae.AVAEConfig, se.SelectionConfig):
     # Defaults: the AVAE's rho and the paper's rho_SE = 0.95 (its Figure 9 also shows 0.97 / 0.975).
-    rho_se: float = setting(
-        0.95, "Coupling strength between a code and its PGD-selected input's code.", check=COUPLING
-    )
+    rho_se: float = setting(0.95, "Coupling strength between a code and its PGD-selected input's code.", check=COUPLING)
 
 
 @registry.register("se_avae")
@@ -42,6 +39,10 @@ class SEAVAE(avae.AVAE):
         )
         coupling, entropy = avae.coupling_and_entropy(posterior, delusion_posterior, self.config.rho)
         se_coupling, adversarial_entropy = avae.coupling_and_entropy(posterior, adversarial, self.config.rho_se)
-        terms = {"coupling_log_prob": coupling, "delusion_entropy": entropy,
-                 "se_coupling_log_prob": se_coupling, "adversarial_entropy": adversarial_entropy}  # fmt: skip
+        terms = {
+            "coupling_log_prob": coupling,
+            "delusion_entropy": entropy,
+            "se_coupling_log_prob": se_coupling,
+            "adversarial_entropy": adversarial_entropy,
+        }
         return -(coupling + entropy) - (se_coupling + adversarial_entropy), terms

@@ -264,7 +264,7 @@ def summarise(model, pi, nu_rho):
     p_x = model_marginal(decoder).numpy()
     support = pi > 0
     # The latent transition weighted by q~(z) (the codes of the data) instead of the uniform prior.
-    q_z = (pi @ encoder.numpy())
+    q_z = pi @ encoder.numpy()
     data_z_joint = q_z[:, None] * (decoder.numpy() @ encoder.numpy())
     # Reference: the same panel with the fitted decoder and its exact posterior p(z|x) = p(x|z) / sum_z p(x|z)
     # (uniform prior) as the encoder: what a perfectly consistent encoder would give with this decoder.
