@@ -19,10 +19,9 @@ import time
 import zipfile
 from concurrent import futures
 
-from zoo.model_dir import ModelDir, read_json
+from zoo.model_dir import ModelDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EVALUATED = "evaluated.json"  # beside an evaluation's results: the arguments and the weights it was made with
 
 
 def run(args, log_path, threads=None):
@@ -91,21 +90,16 @@ def evaluate(work_dir, label, model_dir, eval_flags, threads=None):
     output = os.path.join(work_dir, "eval", label)
     args = ["evaluate.robustness", f"--model_dir={model_dir}", *eval_flags, f"--output_dir={output}"]
     identity = {"args": args, "model": model_digest(model_dir)}
-    stamp = os.path.join(output, EVALUATED)
     # The evaluation writes its results under the same name as into a model directory.
-    result = ModelDir(output).read_robustness()
-    try:
-        reusable = bool(result) and read_json(stamp) == identity
-    except ValueError:  # a stamp cut short: evaluate again
-        reusable = False
-    if reusable:
+    result = ModelDir(output).read_robustness_made_of(identity)
+    if result:
         print(f"  {label}: evaluated before (same weights, same arguments); read from {output}", flush=True)
         return result, output
     run(args, os.path.join(work_dir, "logs", f"eval_{label}.log"), threads)
     result = ModelDir(output).read_robustness()
     if not result:
         sys.exit(f"error: evaluate.robustness wrote no results to {output}; see the log in {work_dir}/logs")
-    ModelDir(output).write_json(stamp, identity)
+    ModelDir(output).stamp_evaluation(identity)
     return result, output
 
 

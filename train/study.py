@@ -39,7 +39,6 @@ STUDY_KEYS = ("description", "evaluate", "report")
 REPORT_KEYS = ("output_dir",)
 RUNS_DIR = "runs"  # ignored by git (/runs/ in .gitignore)
 RECORD_FILE = "study_runs.json"  # in the report's directory: what each run was
-EVALUATED = "evaluated.json"  # beside a run's evaluation: the weights and settings it was made with
 
 
 class StudyError(ValueError):
@@ -205,17 +204,12 @@ def train_run(study, run, runs_dir=RUNS_DIR, verbose=0):
 def evaluate_run(study, run, trained, output_dir, log=print):
     """Evaluates the trained run into output_dir/<run>/ (read back when made of the same weights and settings)."""
     from evaluate import pipeline
-    from zoo.model_dir import ModelDir, read_json
+    from zoo.model_dir import ModelDir
 
     directory = os.path.join(output_dir, run.name)
     identity = {"weights_digest": trained.weights_digest, "evaluate": study.evaluate}
-    stamp = os.path.join(directory, EVALUATED)
-    result = ModelDir(directory).read_robustness()
-    try:
-        reusable = bool(result) and read_json(stamp) == identity
-    except ValueError:  # a stamp cut short: evaluate again
-        reusable = False
-    if reusable:
+    result = ModelDir(directory).read_robustness_made_of(identity)
+    if result:
         log(f"[{run.name}] evaluated before (same weights, same settings): {directory}")
         return result
     result = pipeline.evaluate_model(
@@ -225,7 +219,7 @@ def evaluate_run(study, run, trained, output_dir, log=print):
         study.common,
         log=lambda line: log(f"[{run.name}] {line}"),
     )
-    ModelDir(directory).write_json(stamp, identity)
+    ModelDir(directory).stamp_evaluation(identity)
     return result
 
 

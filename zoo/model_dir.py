@@ -40,6 +40,7 @@ class ModelDir:
     ROBUSTNESS = "robustness.json"
     ROBUSTNESS_REPORT = "robustness.md"
     SUMMARY = "summary.json"
+    EVALUATED = "evaluated.json"  # beside an evaluation's results: what it was made of (weights, settings)
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -63,6 +64,7 @@ class ModelDir:
     robustness_file = property(lambda self: self._join(self.ROBUSTNESS))
     robustness_report = property(lambda self: self._join(self.ROBUSTNESS_REPORT))
     summary_file = property(lambda self: self._join(self.SUMMARY))
+    evaluated_file = property(lambda self: self._join(self.EVALUATED))
 
     def worker_dir(self, task_type, task_id):
         """Where a multi-worker run's non-chief worker writes (and deletes afterwards)."""
@@ -80,6 +82,19 @@ class ModelDir:
 
     def read_robustness(self):
         return read_json(self.robustness_file)
+
+    def read_robustness_made_of(self, identity):
+        """robustness.json when `evaluated.json` says it was made of `identity` (the weights and the settings of an
+        evaluation, as `stamp_evaluation` wrote them); {} otherwise, or when the stamp was cut short."""
+        result = self.read_robustness()
+        try:
+            return result if result and read_json(self.evaluated_file) == identity else {}
+        except ValueError:  # a stamp cut short: evaluate again
+            return {}
+
+    def stamp_evaluation(self, identity):
+        """Records what the evaluation written here was made of (`read_robustness_made_of`)."""
+        self.write_json(self.evaluated_file, identity)
 
     def write_json(self, path, value):
         write_json(path, value, sort_keys=True)
