@@ -158,17 +158,7 @@ def train_adversarial_classifier(model_dir, data_dir, config, batch_size=64):
     keras.utils.set_random_seed(seed)
     classifier = build_classifier(tuple(config["image_shape"]), config["arch"])
     optimizer = keras.optimizers.Adam(config["learning_rate"])
-    data = zoo_data.load(
-        DATASET,
-        "train",
-        batch_size,
-        data_dir=data_dir,
-        shuffle=True,
-        seed=seed,
-        repeat=True,
-        drop_remainder=True,
-        download=False,
-    )
+    data = zoo_data.training_batches(DATASET, batch_size, data_dir=data_dir, seed=seed, download=False)
 
     def cross_entropy(x, y):
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=classifier(x, training=True))

@@ -1,116 +1,128 @@
-"""Runs the project's own commands for the paper reproductions: train, then evaluate, as a user would.
+"""What the benchmarks share: the reports on top of the study runner (where it puts a study's evaluations, what a
+report needs a study to evaluate, running the chosen runs and then making the report, a report program's flags and
+main), a model's step timing, the command line and closing lines of a results file, and the FID features' description.
 
-Every model trains through `python -m train.<model>` and is evaluated by `python -m evaluate.robustness`
-in a subprocess from the repository root, with its output kept in a log file. What the runs write is read
-through `ModelDir`, the one place that knows the model directory's file names.
-
-A study (a folder of run configs and study.json under configs/) is run by `python -m train.study`, which trains
-in-process through `train.run` and evaluates through the evaluate pipeline; this module remains for the
-benchmarks that are not yet studies (reproduce_colormnist's rho sweep and report, precision, and the others).
+Studies (a folder of run configs and study.json under configs/) are trained, evaluated and compared by the one study
+runner, `train.study`, in process. The paper reproductions (`benchmarks.reproduce_colormnist`,
+`benchmarks.reproduce_attacks`) are reports on top of it: `report_on_studies` runs their chosen runs through the
+runner, then they read what it wrote (each run's evaluation, `evaluations_of`; its model directory through `ModelDir`,
+the one place that knows the model directory's file names) and write their tables beside the papers' numbers.
 """
 
 import csv
-import hashlib
+import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import zipfile
-from concurrent import futures
 
+from zoo import console
 from zoo.model_dir import ModelDir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def evaluations_of(study, evaluations_dir=None):
+    """Where the runner writes the study's evaluations (one folder per run) and its comparison: the study's own
+    output_dir (study.json), or `<evaluations_dir>/<study>`."""
+    return os.path.join(evaluations_dir, study.name) if evaluations_dir else study.output_dir
 
 
-def run(args, log_path, threads=None):
-    """Runs `python -m <args>` (with `threads` TensorFlow threads, default all); exits naming the log when it fails."""
-    command = [sys.executable, "-m", *args]
-    print("$", " ".join(command), flush=True)
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    env = dict(os.environ)
-    if threads:  # processes run side by side share the cores instead of each spreading over all of them
-        env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
-    with open(log_path, "a") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if completed.returncode:
-        sys.exit(f"error: {args[0]} failed (exit {completed.returncode}); see {log_path}")
+def require_stages(study, names):
+    """Raises StudyError (one sentence) unless the study evaluates the stages `names`, which a report quotes."""
+    from train.study import StudyError
+
+    missing = [name for name in names if name not in [stage.name for stage in study.stages]]
+    if missing:
+        raise StudyError(f"study {study.name} does not evaluate {', '.join(missing)}, which the report quotes")
 
 
-def run_jobs(jobs, parallel=1):
-    """Runs `jobs`, (key, function, keys of the jobs it waits for) in order of preference, at most `parallel` at a time.
+def require_values(study, stage, setting, values, what):
+    """Raises StudyError (one sentence) unless the study's stage `stage` (which it runs) evaluates at least `values`
+    of its setting `setting` (radii, lambdas: `what`), which a report quotes."""
+    from train.study import StudyError
 
-    A job starts once every job it waits for has finished. Returns {key: what its function returned}; a job that
-    fails stops new ones from starting, and its error is raised once the running ones have ended.
-    """
-    keys = [key for key, _, _ in jobs]
-    missing = sorted({dep for _, _, deps in jobs for dep in deps} - set(keys))
-    if missing or len(set(keys)) < len(keys):
-        raise ValueError(f"jobs {keys} wait for missing jobs {missing} or repeat a key")
-    pending, running, results = list(jobs), {}, {}
-    with futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        while pending or running:
-            for job in [job for job in pending if all(dep in results for dep in job[2])][: parallel - len(running)]:
-                pending.remove(job)
-                running[pool.submit(job[1])] = job[0]
-            if not running:
-                raise ValueError(f"jobs {[key for key, _, _ in pending]} wait for each other")
-            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-            for future in done:
-                results[running.pop(future)] = future.result()
-    return results
+    given = set(getattr(next(s for s in study.stages if s.name == stage), setting))
+    if not set(values) <= given:
+        raise StudyError(
+            f"study {study.name} evaluates at {what} {', '.join(f'{v:g}' for v in sorted(given))}; the table needs "
+            + ", ".join(f"{v:g}" for v in values)
+        )
 
 
-def model_dir_of(work_dir, label):
-    """Where `train` puts the model labelled `label`."""
-    return os.path.join(work_dir, "models", label)
+def hyperparameters(run):
+    """The model's hyper-parameters in a study run's config (what differs between the models a table compares)."""
+    fields = {field.name for field in run.model_class.config_class.fields()}
+    return {key: value for key, value in run.options.items() if key in fields}
 
 
-def train(work_dir, label, name, common_flags, model_flags=None, init_from=None, threads=None):
-    """Trains registered model `name` into work_dir/models/label; returns the model directory."""
-    model_dir = model_dir_of(work_dir, label)
-    args = [f"train.{name}", *common_flags, f"--model_dir={model_dir}"]
-    args += [f"--{key}={value}" for key, value in (model_flags or {}).items()]
-    if init_from:
-        args.append(f"--init_from={init_from}")
+def report_on_studies(
+    chosen, read_report, write, command, runs_dir=None, output_dir="results", evaluations_dir=None, log=print
+):
+    """Runs the chosen runs of each study (`chosen`: [(study, its runs)]) with the study runner, one after the
+    other (each trained into `<runs_dir>/<study>/<run>`, runs/ by default, and evaluated into
+    `evaluations_of(study, evaluations_dir)`, with the study's comparison beside), then makes the report from what
+    they wrote (`read_report(runs_dir, evaluations_dir)`), adds the wall-clock time and `command` (the command line
+    that made it), and writes it (`write(report, output_dir)`, which returns the files written); returns the report."""
+    from train import study as studies
+
     started = time.time()
-    run(args, os.path.join(work_dir, "logs", f"train_{label}.log"), threads)
-    print(f"  trained {label} in {time.time() - started:.0f} s", flush=True)
-    return model_dir
+    runs_dir = runs_dir or studies.RUNS_DIR
+    for study, study_runs in chosen:
+        only = [run.name for run in study_runs]
+        studies.run_study(study, only, runs_dir, evaluations_of(study, evaluations_dir), command, log)
+    report = read_report(runs_dir, evaluations_dir)
+    report["settings"]["wall_clock_seconds"] = round(time.time() - started)
+    report["command"] = command
+    written = write(report, output_dir)
+    log(f"wrote {', '.join(written)} in {report['settings']['wall_clock_seconds']} s")
+    return report
 
 
-def evaluate(work_dir, label, model_dir, eval_flags, threads=None):
-    """Evaluates a model into work_dir/eval/label; returns (the evaluation's results as a dict, output dir).
-
-    An evaluation already there, made of the same weights with the same arguments, is read back instead of
-    run again, so a rerun of a reproduction continues where the last one stopped. The evaluation's code is not
-    part of that identity: after changing it, delete work_dir/eval to measure again.
-    """
-    output = os.path.join(work_dir, "eval", label)
-    args = ["evaluate.robustness", f"--model_dir={model_dir}", *eval_flags, f"--output_dir={output}"]
-    identity = {"args": args, "model": model_digest(model_dir)}
-    # The evaluation writes its results under the same name as into a model directory.
-    result = ModelDir(output).read_robustness_made_of(identity)
-    if result:
-        print(f"  {label}: evaluated before (same weights, same arguments); read from {output}", flush=True)
-        return result, output
-    run(args, os.path.join(work_dir, "logs", f"eval_{label}.log"), threads)
-    result = ModelDir(output).read_robustness()
-    if not result:
-        sys.exit(f"error: evaluate.robustness wrote no results to {output}; see the log in {work_dir}/logs")
-    ModelDir(output).stamp_evaluation(identity)
-    return result, output
+def write_results(report, markdown, stem):
+    """`<stem>.json` (the report) and `<stem>.md` (`markdown`), their folder made; returns the two files."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(f"{stem}.json", "w") as f:
+        json.dump(report, f, indent=2)
+    with open(f"{stem}.md", "w") as f:
+        f.write(markdown)
+    return [f"{stem}.json", f"{stem}.md"]
 
 
-def model_digest(model_dir):
-    """A fingerprint of model.keras's architecture and weights (its save date left out: a resumed run re-saves)."""
-    digest = hashlib.sha256()
-    with zipfile.ZipFile(ModelDir(model_dir).model_file) as archive:
-        for name in sorted(archive.namelist()):
-            if name != "metadata.json":
-                digest.update(name.encode() + archive.read(name))
-    return digest.hexdigest()[:16]
+def define_report_flags(results):
+    """The flags of a report on top of the study runner: where the model directories, the studies' evaluations and
+    the report's files (`results`: their names, for the help) go."""
+    from absl import flags
+
+    from train import study as studies
+
+    flags.DEFINE_string("runs_dir", studies.RUNS_DIR, "Model directories go to <runs_dir>/<study>/<run>.")
+    flags.DEFINE_string("output_dir", "results", f"Where {results} go.")
+    flags.DEFINE_string(
+        "evaluations_dir",
+        None,
+        "Each study's evaluations and comparison go to <evaluations_dir>/<study>; default: the study's own "
+        "output_dir (study.json).",
+    )
+
+
+def main_of_report(argv, module, make_report):
+    """The main of report program `module` on top of the study runner: `make_report(**where)` after the command line
+    is checked, `where` being the flags of `define_report_flags` (runs_dir, output_dir, evaluations_dir) and the
+    command line; bad input (a bad study, missing data, a training run that cannot go on) ends the program with one
+    line."""
+    from absl import flags
+
+    from train.loop import CheckpointError, NonFiniteLossError
+    from zoo.data import DataUnavailableError
+
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments: {argv[1:]}")
+    console.quiet_info_logs()
+    values = flags.FLAGS
+    where = dict(runs_dir=values.runs_dir, output_dir=values.output_dir, evaluations_dir=values.evaluations_dir)
+    try:
+        make_report(**where, command=command_line(module))
+    except (ValueError, FileNotFoundError, DataUnavailableError, NonFiniteLossError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
 
 
 def step_seconds(model_dir):

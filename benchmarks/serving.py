@@ -79,7 +79,12 @@ def build_export(model_dir, export_base):
 
     registry.import_all_models()
     model = build_model(
-        "avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="mlp", latent_dim=64, seed=0
+        registry.get_model_class("avae"),
+        tf.distribute.get_strategy(),
+        image_shape=(28, 28, 3),
+        arch="mlp",
+        latent_dim=64,
+        seed=0,
     )
     model(np.zeros((1, 28, 28, 3), np.float32))
     return encoder.export(model, export_base, NAME), "AVAE, mlp, 28x28x3, latent 64 (untrained weights)"

@@ -53,9 +53,7 @@ def checkpoint_weights(model, model_dir, step):
 
 def recalibrate_batch_norm(model, dataset, data_dir, batches):
     """Replaces the encoder's BatchNorm moving statistics by those of `batches` clean training batches."""
-    images = zoo_data.load(
-        dataset, "train", 64, data_dir=data_dir, shuffle=True, seed=0, repeat=True, drop_remainder=True, download=False
-    )
+    images = zoo_data.training_batches(dataset, 64, data_dir=data_dir, download=False)
     for x, _ in images.take(batches):
         model.encoder(x, training=True)  # momentum 0.99: after 300 batches the old statistics weigh 5 %
 

@@ -97,26 +97,21 @@ def evaluate_model(model_dir, output_dir, stages=None, common=None, dataset=None
         raise EvaluationError(
             f"the model takes {model.image_shape} images but dataset {dataset!r} has {tuple(spec.image_shape)} images"
         )
+    if common.split not in spec.splits:
+        raise EvaluationError(
+            f"dataset {dataset!r} has no {common.split} split (its splits: {', '.join(spec.splits)}); "
+            "validation digits: the *_plus_embedded datasets"
+        )
     tasks = resolve_tasks(dataset, common.tasks, data_dir)
     for stage in stages:
         stage.check_inputs(dataset, tasks, data_dir)
     zoo_data.check_available(dataset, data_dir, common.download)  # before anything is written
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(common.seed)
-    images, labels = load_arrays(dataset, "test", common.num_examples, data_dir, common.download)
-    context = Context(
-        model=model,
-        dataset=dataset,
-        images=images,
-        labels=labels,
-        tasks=tasks,
-        common=common,
-        output_dir=output_dir,
-        data_dir=data_dir,
-        log=log,
-    )
+    images, labels = load_arrays(dataset, common.split, common.num_examples, data_dir, common.download)
+    context = Context(model, dataset, images, labels, tasks, common, output_dir, data_dir, log)
     log(
-        f"evaluating {model.name} from {model_dir} on {len(context.images)} {dataset} test examples; "
+        f"evaluating {model.name} from {model_dir} on {len(context.images)} {dataset} {common.split} examples; "
         f"stages: {', '.join(s.name for s in stages)}"
     )
     result = {"model": model.name, "model_dir": os.path.abspath(model_dir), "dataset": dataset}

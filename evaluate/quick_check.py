@@ -25,19 +25,21 @@ PGD_STEPS = 10
 
 
 def load_check_data(
-    dataset, data_dir, download, probe_examples=PROBE_EXAMPLES, test_examples=TEST_EXAMPLES, attacked_split="test"
+    dataset, data_dir, download, probe_examples=PROBE_EXAMPLES, test_examples=TEST_EXAMPLES, attacked_split=None
 ):
     """(task, num_classes, probe images, probe labels, attacked images, attacked labels), or None without labels.
 
     The task is the dataset's first (ColorMNIST: digit); the probe's images are the first training examples
-    and the attacked ones the first test examples, so every check of a run, and of every run, sees the same
+    and the attacked ones the first of `attacked_split` (default: the dataset's `check_split`, its validation
+    digits where it has them, else its test digits), so every check of a run, and of every run, sees the same
     images. `attacked_split="train"` attacks the `test_examples` training examples that follow the probe's
     instead: images the encoder was trained on but the probe was not fitted on, which measures the robust
     generalisation gap (accuracy on trained digits minus accuracy on unseen ones).
     """
-    if attacked_split not in ("test", "train"):
-        raise ValueError(f"attacked_split must be 'test' or 'train', not {attacked_split!r}")
     spec = zoo_data.get_spec(dataset, data_dir)
+    attacked_split = attacked_split or spec.check_split
+    if attacked_split not in spec.splits:
+        raise ValueError(f"attacked_split must be one of {', '.join(map(repr, spec.splits))}, not {attacked_split!r}")
     if not spec.tasks:
         return None
     task, classes = next(iter(spec.tasks.items()))
@@ -49,8 +51,8 @@ def load_check_data(
             labels.append(y[task].numpy())
         return np.concatenate(images), np.concatenate(labels).astype(np.int32)
 
-    if attacked_split == "test":
-        return (task, classes, *arrays("train", probe_examples), *arrays("test", test_examples))
+    if attacked_split != "train":
+        return (task, classes, *arrays("train", probe_examples), *arrays(attacked_split, test_examples))
     images, labels = arrays("train", probe_examples + test_examples)
     if len(images) < probe_examples + test_examples:
         raise ValueError(

@@ -216,7 +216,7 @@ def markdown(result):
         how = f"L-inf PGD ({settings.get('pgd_steps')} steps, {settings.get('restarts')} restarts)"
     out.append(
         f"\n## Downstream adversarial accuracy (%)\n\nLinear probes on f_mu, {how}; "
-        f"{settings.get('num_examples')} test examples.\n\n"
+        f"{settings.get('num_examples')} {settings.get('split', 'test')} examples.\n\n"
     )
     out.append(accuracy_table(result))
     table = per_attack_table(result)

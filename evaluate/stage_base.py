@@ -47,7 +47,13 @@ class Settings(Config):
 class Common(Settings):
     """Settings every stage reads."""
 
-    num_examples: int = setting(1000, "Test examples evaluated (the first N of the test split).", check=AT_LEAST_ONE)
+    num_examples: int = setting(1000, "Examples evaluated (the first N of the split).", check=AT_LEAST_ONE)
+    split: str = setting(
+        "test",
+        "The split evaluated: test, or validation (the digits the *_plus_embedded datasets hold out of training, "
+        "on which settings, checkpoints and versions are chosen).",
+        choices=("test", "validation"),
+    )
     batch_size: int = setting(100, "Examples per attack batch.", check=AT_LEAST_ONE)
     tasks: Optional[tuple[str, ...]] = setting(None, "Tasks to probe; default: every task of the dataset.")
     pgd_steps: int = setting(
@@ -75,11 +81,12 @@ class Stage(Settings):
 
 @dataclasses.dataclass
 class Context:
-    """What a stage runs on: the model, the test examples, the tasks, where to write, and how to report."""
+    """What a stage runs on: the model, the examples evaluated (of `common.split`), the tasks, where to write, and how
+    to report."""
 
     model: object  # evaluate.interface.Autoencoder
     dataset: str
-    images: np.ndarray  # [n, H, W, C] test images in [0, 1]
+    images: np.ndarray  # [n, H, W, C] evaluated images in [0, 1]
     labels: dict  # {task: [n] int}
     tasks: dict  # {task: number of classes}, the tasks probed
     common: Common

@@ -1,18 +1,17 @@
-"""What every benchmark program shares, and benchmarks.precision without training."""
+"""What every benchmark program shares (benchmarks.runs), and benchmarks.precision on its study."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
 
 import pytest
-from absl import flags
 
 import zoo
-from benchmarks import precision
-from tests.conftest import REPO
-from train import cli
-from train.settings import TrainSettings
+from benchmarks import precision, runs
+from tests.conftest import REPO, run_module
+from train import study as studies
 
 BENCHMARKS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "benchmarks", "[!_]*.py")))
 
@@ -28,7 +27,7 @@ def test_importing_a_benchmark_defines_no_flags():
             *(f"import benchmarks.{name}" for name in BENCHMARKS),
             "print(sorted(set(flags.FLAGS) - before))",
             "benchmarks.precision.define_flags()  # what defining them would show",
-            "print('models' in set(flags.FLAGS) - before)",
+            "print('study' in set(flags.FLAGS) - before)",
         ]
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -37,34 +36,112 @@ def test_importing_a_benchmark_defines_no_flags():
     assert run.stdout.strip().splitlines()[-2:] == ["[]", "True"]
 
 
-def _parse_training_command(args):
-    config_class = zoo.get_model_class(args[0].split(".")[1]).config_class
-    values = flags.FlagValues()
-    flags.DEFINE_string("model_dir", None, "", flag_values=values)
-    cli.define_flags(TrainSettings, "train", values)
-    cli.define_flags(config_class, "train", values)
-    values(["train", *args[1:]])  # unknown flags and bad choices raise here
-    return {name: values[name].value for name in values}
+def test_a_steps_time_is_the_median_after_the_tracing_steps(tmp_path):
+    def timing(seconds):
+        model_dir = tmp_path / str(len(seconds))
+        model_dir.mkdir()
+        rows = [f"{step},{value}" for step, value in enumerate(seconds, 1)]
+        (model_dir / "timing.csv").write_text("\n".join(["step,seconds", *rows]) + "\n")
+        return str(model_dir)
+
+    assert runs.step_seconds(timing([9.0, 8.0, 7.0, 6.0, 5.0, 0.3, 0.1, 0.2])) == 0.2  # the first five left out
+    assert runs.step_seconds(timing([9.0, 0.1, 0.2])) == 0.2  # a run too short for that: all of its steps
 
 
-@pytest.mark.parametrize("model", ["vae", "avae"])
-def test_the_runs_of_a_model_differ_in_precision_or_seed_only(model):
-    parsed = {
-        (p, offset): _parse_training_command(precision.train_args(model, "conv", p, "/tmp/run", 1000, "/data", offset))
-        for p in ("float32", *precision.MIXED_PRECISIONS)
-        for offset in (0, 1)
-    }
-    reference = parsed["float32", 0]
-    assert (reference["arch"], reference["precision"], reference["train_steps"], reference["summary"]) == (
-        "conv",
-        "float32",
-        1000,
-        False,
+def test_the_precision_study_is_the_committed_rows_each_against_float32_of_its_model():
+    study = studies.read_study(os.path.join(REPO, "configs", "precision"))
+    pairs = precision.plan(study)
+    with open(os.path.join(REPO, "results", "precision.json")) as f:
+        assert {run.name for run, _ in pairs} == set(json.load(f))  # the study makes the committed rows
+    by_name = {run.name: run for run, _ in pairs}
+    references = [run.name for run, reference in pairs if reference is None]
+    assert references == ["avae_conv_float32", "avae_mlp_float32", "vae_mlp_float32"]  # measured first
+    for run, reference in pairs:
+        if reference is None:
+            assert (run.options["precision"], run.options["seed"]) == ("float32", 0)
+            continue
+        other = by_name[reference].options
+        differing = {key for key in run.options if run.options[key] != other[key]}
+        assert differing == ({"seed"} if run.name.endswith("_seed+1") else {"precision"}), run.name
+        assert run.options["seed"] == other["seed"] + run.name.endswith("_seed+1")
+    assert by_name["avae_conv_float32"].options["train_steps"] == 500
+    assert by_name["vae_mlp_float32"].options["train_steps"] == 30_000
+    # --only adds the float32 run each chosen run is compared with.
+    chosen = precision.plan(study, ["vae_mlp_mixed_bfloat16"])
+    assert [(run.name, reference) for run, reference in chosen] == [
+        ("vae_mlp_float32", None),
+        ("vae_mlp_mixed_bfloat16", "vae_mlp_float32"),
+    ]
+
+
+def _precision_study(folder, runs_=None):
+    """A study of tiny mlp VAEs, {name: (precision, seed)}, whose evaluation is never run."""
+    os.makedirs(folder)
+    for name, (value, seed) in (runs_ or {"vae_mlp_float32": ("float32", 0)}).items():
+        config = {"model": "vae", "arch": "mlp", "precision": value, "seed": seed, "latent_dim": 8, "batch_size": 16}
+        config.update(train_steps=3, checkpoint_every=3, eval_examples=0, summary=False)
+        with open(os.path.join(folder, f"{name}.json"), "w") as f:
+            json.dump(config, f)
+    evaluate = {"stages": ["accuracy"], "num_examples": 10}
+    with open(os.path.join(folder, studies.STUDY_FILE), "w") as f:
+        json.dump({"description": "tiny", "evaluate": evaluate, "report": {"output_dir": "results/tiny"}}, f)
+    return str(folder)
+
+
+F32 = {"vae_mlp_float32": ("float32", 0)}
+BF16 = {"vae_mlp_mixed_bfloat16": ("mixed_bfloat16", 0)}
+
+
+@pytest.mark.parametrize(
+    "runs_,changes,message",
+    [
+        (BF16, {}, "run vae_mlp_mixed_bfloat16 has no float32 run of vae mlp to be compared with"),
+        ({**F32, "vae_mlp_float32_seed1": ("float32", 1)}, {}, r"from seed 1: name it vae_mlp_float32_seed\+1.json"),
+        ({**F32, **BF16}, {"train_steps": 4}, "run vae_mlp_mixed_bfloat16 differs from vae_mlp_float32 in train_steps"),
+        (
+            {**F32, "vae_mlp_auto": ("auto", 0)},
+            {},
+            "precision 'auto'; choose from float32, mixed_bfloat16, mixed_float16",
+        ),
+    ],
+)
+def test_runs_that_cannot_be_compared_are_refused_in_one_sentence(tmp_path, runs_, changes, message):
+    folder = _precision_study(tmp_path / "tiny", runs_)
+    for name in set(runs_) - set(F32):
+        path = os.path.join(folder, f"{name}.json")
+        with open(path) as f:
+            config = {**json.load(f), **changes}
+        with open(path, "w") as f:
+            json.dump(config, f)
+    with pytest.raises(studies.StudyError, match=message) as error:
+        precision.plan(studies.read_study(folder))
+    assert "\n" not in str(error.value)
+
+
+def test_precision_trains_with_the_runner_and_compares_each_run_with_float32(tmp_path):
+    runs_ = {**F32, **BF16}
+    study = studies.read_study(_precision_study(tmp_path / "tiny", runs_))
+    runs_dir, output = str(tmp_path / "runs"), str(tmp_path / "results")
+    measurement = precision.Measurement(
+        eval_examples=16, probe_examples=50, num_examples=20, epsilons=(0.1,), pgd_steps=1, restarts=1
     )
-    for (p, offset), values in parsed.items():
-        differing = {name for name in values if values[name] != reference[name]}
-        assert differing == {name for name, differs in [("precision", p != "float32"), ("seed", offset)] if differs}
-    assert precision.run_name(model, "mlp", "float32", 1) == f"{model}_mlp_float32_seed+1"
+    rows = precision.train_and_measure(
+        study, ["vae_mlp_mixed_bfloat16"], runs_dir, output, measurement, command="m", log=lambda line: None
+    )
+    assert set(rows) == set(runs_)  # the float32 reference came with the run chosen
+    reference, mixed = rows["vae_mlp_float32"], rows["vae_mlp_mixed_bfloat16"]
+    for name, row in rows.items():
+        assert row["steps"] == 3 and os.path.exists(os.path.join(runs_dir, "tiny", name, "model.keras"))
+        config = os.path.join(study.path, f"{name}.json")
+        assert row["train_command"] == f"python -m train --config={config} --model_dir={runs_dir}/tiny/{name}"
+        assert set(row["accuracy"]) == {"clean", "0.1"} and row["attacked_examples"] == 20
+    assert "comparison" not in reference and "test_own_precision" not in reference
+    assert mixed["comparison"] == precision.compare(mixed, reference)
+    assert abs(mixed["test_own_precision"]["elbo"] - mixed["test"]["elbo"]) < 0.05 * abs(mixed["test"]["elbo"])
+    with open(os.path.join(output, "precision.json")) as f:
+        assert json.load(f) == rows
+    with open(os.path.join(output, "precision.md")) as f:
+        assert "- `vae_mlp_mixed_bfloat16`: ELBO " in f.read()
 
 
 def test_the_comparison_gives_the_relative_elbo_gap_and_accuracy_gaps_with_their_sampling_error():
@@ -115,16 +192,14 @@ def test_the_comparison_gives_the_relative_elbo_gap_and_accuracy_gaps_with_their
     assert "```bash\nm1\nm2\n```" in table  # each command that measured a row, once
 
 
-def test_an_unknown_precision_is_refused_naming_the_choices():
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.precision", "--precisions=float16"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_the_command_line_refuses_runs_it_cannot_compare_in_one_line(tmp_path):
+    folder = _precision_study(tmp_path / "tiny", BF16)
+    run = run_module("benchmarks.precision", f"--study={folder}", f"--runs_dir={tmp_path / 'runs'}", timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: run vae_mlp_mixed_bfloat16 has no float32 run of vae mlp to be compared with"
     )
-    assert run.returncode != 0
-    assert "unknown precision(s) ['float16']; choose from mixed_bfloat16, mixed_float16" in run.stderr
+    assert not os.path.exists(tmp_path / "runs")
 
 
 def test_union_length_counts_overlapping_thunks_once():
@@ -141,7 +216,9 @@ def test_the_flops_of_the_mlp_vae_step_are_its_forward_pass_three_times_less_the
     from benchmarks.speed import flops
     from train import loop
 
-    model = loop.build_model("vae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="mlp", latent_dim=64)
+    model = loop.build_model(
+        zoo.get_model_class("vae"), tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="mlp", latent_dim=64
+    )
     pixels, hidden, latent, batch = 28 * 28 * 3, 200, 64, 64
     forward = batch * (
         pixels * hidden

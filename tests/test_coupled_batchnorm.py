@@ -6,21 +6,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import zoo
 from train import loop
 from zoo import maths
 
 
-def _model(name, arch, coupled_pass="joint"):
+def _model(name, arch, **config):
+    """A small model of `name` (`config`: its hyper-parameters; coupled_pass left out: the default, separate)."""
     # Weights drawn from a fixed seed: otherwise they depend on what the tests before drew.
     keras.utils.set_random_seed(1)
+    strategy = tf.distribute.get_strategy()
     return loop.build_model(
-        name,
-        tf.distribute.get_strategy(),
-        image_shape=(28, 28, 3),
-        arch=arch,
-        latent_dim=8,
-        seed=1,
-        coupled_pass=coupled_pass,
+        zoo.get_model_class(name), strategy, image_shape=(28, 28, 3), arch=arch, latent_dim=8, seed=1, **config
     )
 
 
@@ -37,7 +34,7 @@ def _coupling(model, x, auxiliary):
 
 @pytest.fixture(scope="module")
 def conv_avae():
-    return _model("avae", "conv")
+    return _model("avae", "conv", coupled_pass="joint")
 
 
 def test_the_coupling_of_a_batch_with_itself_is_its_value_without_batchnorm_effects(conv_avae):
@@ -71,9 +68,7 @@ def test_a_shift_of_the_whole_auxiliary_batch_is_not_normalised_away(conv_avae):
 
 def test_coupled_pass_separate_encodes_each_batch_on_its_own_statistics():
     # The papers' code: the auxiliary batch is normalised by itself, so the shift above is (mostly) removed.
-    model = loop.build_model(
-        "avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8, seed=1
-    )
+    model = _model("avae", "conv")
     assert model.config.coupled_pass == "separate"  # the default
     assert model.encoder_has_batch_norm and not model.encodes_coupled_jointly()
     x = _images()
@@ -83,18 +78,11 @@ def test_coupled_pass_separate_encodes_each_batch_on_its_own_statistics():
     assert data is posterior
     np.testing.assert_allclose(alone.mean(), model.posterior(shifted, training=True).mean(), atol=1e-6)
     with pytest.raises(ValueError, match="unknown coupled_pass 'both'; choose one of: joint, separate"):
-        loop.build_model(
-            "avae",
-            tf.distribute.get_strategy(),
-            image_shape=(28, 28, 3),
-            arch="conv",
-            latent_dim=8,
-            coupled_pass="both",
-        )
+        _model("avae", "conv", coupled_pass="both")
 
 
 def test_without_batchnorm_the_joint_pass_is_the_separate_passes():
-    model = _model("avae", "mlp")
+    model = _model("avae", "mlp", coupled_pass="joint")
     assert not model.encoder_has_batch_norm
     x, other = _images(seed=0), _images(seed=1)
     posterior = model.posterior(x, training=True)
@@ -106,13 +94,13 @@ def test_without_batchnorm_the_joint_pass_is_the_separate_passes():
 @pytest.mark.parametrize("coupled_pass", ["joint", "separate"])
 @pytest.mark.parametrize("name", ["avae", "se", "se_avae"])
 def test_conv_models_with_coupled_passes_take_a_finite_training_step(name, coupled_pass):
-    model = _model(name, "conv", coupled_pass)
+    model = _model(name, "conv", coupled_pass=coupled_pass)
     terms = model.train_step(_images(batch=8))
     assert np.isfinite(float(terms["loss"]))
 
 
 def test_a_conv_dae_encodes_clean_and_adversarial_inputs_in_one_pass():
-    model = _model("robust_gmm_dae", "conv")
+    model = _model("robust_gmm_dae", "conv", coupled_pass="joint")
     assert model.encoder_has_batch_norm
     x = _images(batch=8)
     z = model.encoder(x, training=True)

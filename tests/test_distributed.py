@@ -30,6 +30,7 @@ import numpy as np
 from train import distribute, loop
 distribute.split_cpu(2)
 import keras, tensorflow as tf
+import zoo
 
 IMAGE = (28, 28, 3)
 x = tf.random.stateless_uniform([8, *IMAGE], seed=[1, 2])
@@ -40,8 +41,8 @@ out = {"replicas": mirrored.num_replicas_in_sync}
 
 def build(strategy, weights):
     # delusion="mean": a sampled delusion is noise too, drawn per replica by design.
-    model = loop.build_model("avae", strategy, learning_rate=1e-3, image_shape=IMAGE, arch="mlp", latent_dim=8,
-                             delusion="mean")
+    model = loop.build_model(zoo.get_model_class("avae"), strategy, learning_rate=1e-3, image_shape=IMAGE, arch="mlp",
+                             latent_dim=8, delusion="mean")
     if weights is not None:
         model.set_weights(weights)
     return model
@@ -86,7 +87,7 @@ out["seeds"] = [t.numpy().tolist() for t in mirrored.experimental_local_results(
 out["noise"] = [t.numpy().tolist() for t in mirrored.experimental_local_results(noise)]
 
 # --jit_compile cannot compile a multi-replica step: build_model turns it off, training still runs.
-jit = loop.build_model("vae", mirrored, jit_compile=True, image_shape=IMAGE, arch="mlp", latent_dim=8)
+jit = loop.build_model(zoo.get_model_class("vae"), mirrored, jit_compile=True, image_shape=IMAGE, arch="mlp", latent_dim=8)
 out["jit_compile_under_mirrored"] = bool(jit.jit_compile)
 out["jit_history"] = jit.fit(data, steps_per_epoch=1, epochs=1, verbose=0).history
 print("RESULT " + json.dumps(out))
@@ -158,24 +159,31 @@ def _free_ports(count):
     return ports
 
 
-def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(tmp_path, tfds_dir):
-    model_dir = tmp_path / "model"
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    args = [
+def _tiny_avae_on_color_mnist(strategy, tfds_dir, model_dir, *flags, train_steps, checkpoint_every):
+    """`python -m train.avae` arguments: a tiny run (mlp, latent 8, batches of 16, 40 validation examples) on
+    ColorMNIST, under `strategy`, with `flags` besides."""
+    return [
         "-m",
         "train.avae",
-        "--strategy=multi_worker",
+        f"--strategy={strategy}",
+        *flags,
         "--dataset=color_mnist",
         f"--data_dir={tfds_dir}",
         "--download=false",
         "--arch=mlp",
         "--latent_dim=8",
         "--batch_size=16",
-        "--train_steps=6",
-        "--checkpoint_every=3",
+        f"--train_steps={train_steps}",
+        f"--checkpoint_every={checkpoint_every}",
         "--eval_examples=40",
         f"--model_dir={model_dir}",
     ]
+
+
+def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(tmp_path, tfds_dir):
+    model_dir = tmp_path / "model"
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    args = _tiny_avae_on_color_mnist("multi_worker", tfds_dir, model_dir, train_steps=6, checkpoint_every=3)
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -237,23 +245,9 @@ def test_the_command_line_trains_mirrored_on_two_virtual_cpus(tmp_path, tfds_dir
     # batches of 8 would leave replica 2 without: validation keeps whole global batches.
     model_dir = tmp_path / "model"
     result = _python(
-        [
-            "-m",
-            "train.avae",
-            "--strategy=mirrored",
-            "--virtual_cpus=2",
-            "--dataset=color_mnist",
-            f"--data_dir={tfds_dir}",
-            "--download=false",
-            "--arch=mlp",
-            "--latent_dim=8",
-            "--batch_size=16",
-            "--train_steps=4",
-            "--checkpoint_every=2",
-            "--eval_examples=40",
-            f"--model_dir={model_dir}",
-            "--nosummary",
-        ]
+        _tiny_avae_on_color_mnist(
+            "mirrored", tfds_dir, model_dir, "--virtual_cpus=2", "--nosummary", train_steps=4, checkpoint_every=2
+        )
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trained avae to step 4" in result.stdout

@@ -15,6 +15,7 @@ import evaluate
 import zoo
 from evaluate import interface, probes, stages, worst_case
 from evaluate.stage_base import Common, Context, EvaluationError, load_arrays
+from tests.conftest import tiny_stages as _tiny_stages
 from zoo import data
 from zoo.model_dir import ModelDir
 
@@ -43,33 +44,7 @@ def vae_dir(tfds_dir, tmp_path_factory):
     return _train_tiny("vae", str(tmp_path_factory.mktemp("tiny_vae")), tfds_dir)
 
 
-TINY = dict(
-    epsilons=(0.0, 0.05, 0.1),
-    probe_train_examples=600,
-    probe_epochs=5,
-    apgd_steps=5,
-    dlr_targets=2,
-    square_queries=50,
-    radius_examples=6,
-    radius_search_steps=2,
-    lambdas=(0.5, 2.0),
-    ae_attack_examples=8,
-    ae_attack_trials=2,
-    margin_examples=8,
-    margin_samples=16,
-    margin_attack_samples=2,
-    margin_search_steps=3,
-    chain_steps=3,
-    chain_examples=3,
-    fid_features="classifier",
-    fid_classifier_train_examples=256,
-    fid_classifier_epochs=1,
-)
 TINY_COMMON = Common(num_examples=64, batch_size=32, pgd_steps=3, restarts=1)
-
-
-def _tiny_stages(cache_dir, names=tuple(stages.STAGES), **overrides):
-    return stages.build(list(names), **dict(TINY, fid_cache_dir=cache_dir, **overrides))
 
 
 def test_protocol_writes_json_table_and_plots(vae_dir, tfds_dir, tmp_path):
@@ -188,6 +163,7 @@ def test_deterministic_model_skips_the_margin_bound(vae_dir, tfds_dir, tmp_path)
         ({"dataset": "no_such_set"}, {}, "unknown dataset 'no_such_set'"),
         ({"dataset": "celeb_a"}, {}, "the model takes (28, 28, 3) images but dataset 'celeb_a' has (64, 64, 3) images"),
         ({"labels": ["a", "b"]}, {}, "2 labels for 1 models"),
+        ({}, {"split": "validation"}, "dataset 'color_mnist' has no validation split (its splits: train, test)"),
     ],
 )
 def test_bad_dataset_task_or_labels_is_one_clear_error(kwargs, common, message, vae_dir, tmp_path):

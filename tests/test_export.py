@@ -24,7 +24,7 @@ LATENT = 8
 def tiny_trained_model(seed=1, steps=3, name="avae"):
     """A tiny AVAE (mlp) trained a few steps on random images."""
     model = loop.build_model(
-        name,
+        zoo.get_model_class(name),
         tf.distribute.get_strategy(),
         image_shape=SHAPE,
         arch="mlp",
@@ -282,7 +282,12 @@ def test_hub_keras_layer_in_a_tf_keras_classifier(exported, fine_tune):
 
 def test_deterministic_autoencoder_exports_zero_stddev(tmp_path):
     model = loop.build_model(
-        "gmm_dae", tf.distribute.get_strategy(), image_shape=SHAPE, arch="mlp", latent_dim=4, num_modes=2
+        zoo.get_model_class("gmm_dae"),
+        tf.distribute.get_strategy(),
+        image_shape=SHAPE,
+        arch="mlp",
+        latent_dim=4,
+        num_modes=2,
     )
     x = images_batch(2)
     path = encoder.export(model, str(tmp_path), "dae")

@@ -14,7 +14,9 @@ TINY = dict(latent_dim=8, seed=1)
 
 
 def _model(name, image_shape=(28, 28, 3), arch="mlp", **kwargs):
-    return loop.build_model(name, tf.distribute.get_strategy(), image_shape=image_shape, arch=arch, **TINY, **kwargs)
+    return loop.build_model(
+        zoo.get_model_class(name), tf.distribute.get_strategy(), image_shape=image_shape, arch=arch, **TINY, **kwargs
+    )
 
 
 def _images(batch=8, shape=(28, 28, 3), seed=0):

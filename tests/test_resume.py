@@ -91,7 +91,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path, tfds_dir):
     timed_before = len(_timing_steps(model_dir)) if os.path.exists(ModelDir(model_dir).timing_file) else 0
 
     # The checkpoint holds the optimizer too, and restore() puts every slot back.
-    model = loop.build_model("vae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), **TINY)
+    model = loop.build_model(zoo.get_model_class("vae"), tf.distribute.get_strategy(), image_shape=(28, 28, 3), **TINY)
     assert all(not np.any(v.numpy()) for v in model.optimizer.variables[2:]), "fresh Adam slots are zero"
     assert loop.restore(model, model_dir) == killed_at
     reader = tf.train.load_checkpoint(os.path.join(ModelDir(model_dir).checkpoint_dir, f"ckpt-{killed_at}"))
@@ -190,7 +190,11 @@ def _poisoned_data(bad_batch):
 def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, steps_per_execution, at):
     model_dir = str(tmp_path / "model")
     model = loop.build_model(
-        "vae", tf.distribute.get_strategy(), image_shape=(8, 8, 1), steps_per_execution=steps_per_execution, **TINY
+        zoo.get_model_class("vae"),
+        tf.distribute.get_strategy(),
+        image_shape=(8, 8, 1),
+        steps_per_execution=steps_per_execution,
+        **TINY,
     )
     # The 8th batch is poisoned: steps 1-7 are finite, step 8's loss is NaN.
     with pytest.raises(loop.NonFiniteLossError, match=at) as error:
@@ -199,7 +203,7 @@ def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_
     assert f"ckpt-{good}" in str(error.value)
     assert _checkpointed_step(model_dir) == good
     assert not ModelDir(model_dir).has_model()
-    restored = loop.build_model("vae", tf.distribute.get_strategy(), image_shape=(8, 8, 1), **TINY)
+    restored = loop.build_model(zoo.get_model_class("vae"), tf.distribute.get_strategy(), image_shape=(8, 8, 1), **TINY)
     assert loop.restore(restored, model_dir) == good
     assert all(np.all(np.isfinite(w)) for w in restored.get_weights())
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 from evaluate import report, stages, worst_case
 from evaluate.stage_base import Common, Context, EvaluationError
 from evaluate.stages.accuracy import Accuracy
+from tests.conftest import tiny_stages
 
 SHAPE = (8, 8, 1)
 PIXELS = 64
@@ -130,29 +131,36 @@ class _SyntheticContext(Context):
         return self.train
 
 
-@pytest.mark.parametrize("cascade", [False, True], ids=["each_attack_alone", "cascade"])
-def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(tmp_path, cascade):
+def _rounding_context(tmp_path, examples, train_examples, pgd_steps, restarts):
+    """The accuracy stage's context on the rounding classifier: `examples` test images in one batch, and
+    `train_examples` for the probe."""
     logits_fn, sample = _rounding_classifier()
-    images, labels = sample(32, seed=2)
-    train_images, train_labels = sample(600, seed=3)
-    context = _SyntheticContext(
+    images, labels = sample(examples, seed=2)
+    train_images, train_labels = sample(train_examples, seed=3)
+    return _SyntheticContext(
         model=_Encoder(logits_fn),
         dataset="synthetic",
         images=images,
         labels={"class": labels},
         tasks={"class": 3},
-        common=Common(batch_size=32, pgd_steps=10, restarts=2),
+        common=Common(batch_size=examples, pgd_steps=pgd_steps, restarts=restarts),
         output_dir=str(tmp_path),
         log=lambda _: None,
         train=(train_images, {"class": train_labels}),
     )
-    # The stage's default attacks (the reported worst case), small budgets.
-    stage = Accuracy(
+
+
+@pytest.mark.parametrize("cascade", [False, True], ids=["each_attack_alone", "cascade"])
+def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(tmp_path, cascade):
+    context = _rounding_context(tmp_path, 32, 600, pgd_steps=10, restarts=2)
+    # The stage's default attacks (the reported worst case), the tests' tiny budgets (2 DLR targets, 6 radius
+    # examples) but for these; its probe trains on the context's 600 examples.
+    (stage,) = tiny_stages(
+        str(tmp_path),
+        ["accuracy"],
         epsilons=(0.0, 0.3),
         apgd_steps=10,
-        dlr_targets=2,
         square_queries=200,
-        radius_examples=6,
         radius_search_steps=1,
         probe_epochs=20,
         cascade=cascade,
@@ -178,20 +186,7 @@ def test_shattered_gradient_is_broken_by_square_and_flagged_as_gradient_masking(
 
 
 def test_quick_is_the_project_pgd_alone_and_cannot_see_the_masking(tmp_path):
-    logits_fn, sample = _rounding_classifier()
-    images, labels = sample(16, seed=2)
-    train_images, train_labels = sample(300, seed=3)
-    context = _SyntheticContext(
-        model=_Encoder(logits_fn),
-        dataset="synthetic",
-        images=images,
-        labels={"class": labels},
-        tasks={"class": 3},
-        common=Common(batch_size=16, pgd_steps=5, restarts=1),
-        output_dir=str(tmp_path),
-        log=lambda _: None,
-        train=(train_images, {"class": train_labels}),
-    )
+    context = _rounding_context(tmp_path, 16, 300, pgd_steps=5, restarts=1)
     result = Accuracy(epsilons=(0.3,), quick=True, radius_examples=0, probe_epochs=20).run(context)
     assert list(result["attack_budgets"]) == ["pgd"]
     assert result["adversarial_accuracy"]["class"]["0.3"] > 0.9  # PGD alone is fooled by the rounding

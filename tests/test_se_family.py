@@ -19,7 +19,9 @@ TINY = dict(latent_dim=8, seed=1)
 
 
 def _model(name, arch="mlp", **kwargs):
-    return loop.build_model(name, tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, **TINY, **kwargs)
+    return loop.build_model(
+        zoo.get_model_class(name), tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch=arch, **TINY, **kwargs
+    )
 
 
 def _images(batch=8, seed=0):

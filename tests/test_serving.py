@@ -56,7 +56,12 @@ def tiny_model(seed):
     registry.import_all_models()
     keras.utils.set_random_seed(seed)  # its weights: two seeds, two different models to swap between
     model = loop.build_model(
-        "avae", tf.distribute.get_strategy(), image_shape=SHAPE, arch="mlp", latent_dim=LATENT, seed=seed
+        registry.get_model_class("avae"),
+        tf.distribute.get_strategy(),
+        image_shape=SHAPE,
+        arch="mlp",
+        latent_dim=LATENT,
+        seed=seed,
     )
     keras_seed_images = np.random.default_rng(seed).uniform(size=(2, *SHAPE)).astype(np.float32)
     model(keras_seed_images)

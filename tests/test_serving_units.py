@@ -2,10 +2,7 @@
 
 import asyncio
 import concurrent.futures
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import orjson
@@ -14,6 +11,7 @@ import tensorflow as tf
 
 from serving import batching, tensor_json
 from serving.errors import ServingError
+from tests.conftest import run_module
 
 # ----------------------------------------------------------------------------
 # Batching parameters and scheduler
@@ -406,16 +404,8 @@ def test_wrong_server_options_say_what_is_expected(options, message):
 def test_server_help_lists_every_flag():
     from serving.options import IgnoredTFServingFlags, ServerOptions
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # check=False: absl's --help exits with status 1.
-    result = subprocess.run(
-        [sys.executable, "-m", "serving.server", "--help"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # absl's --help exits with status 1, which run_module does not check.
+    result = run_module("serving.server", "--help", timeout=120)
     listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, re.MULTILINE))
     declared = {field.name for options in (ServerOptions, IgnoredTFServingFlags) for field in options.fields()}
     assert listed == declared | {"version"}

@@ -249,5 +249,25 @@ def test_the_check_can_attack_trained_digits_the_probe_was_not_fitted_on():
     np.testing.assert_array_equal(attacked_x, first_x[40:])
     np.testing.assert_array_equal(attacked_y, first_y[40:])
     assert not np.array_equal(attacked_x, test_x)
-    with pytest.raises(ValueError, match="'test' or 'train'"):
+    with pytest.raises(ValueError, match="one of 'train', 'test', not 'validation'"):
         load("color_mnist_embedded", None, True, 40, 24, attacked_split="validation")
+
+
+def test_a_model_class_is_trained_as_given_and_not_looked_up_again_by_name(tmp_path):
+    import tensorflow as tf
+
+    from train import loop
+
+    vae = zoo.get_model_class("vae")
+
+    class NotRegistered(vae):  # its registry_name is still "vae": looked up again by name, it would train a VAE
+        pass
+
+    result = train.run(NotRegistered, str(tmp_path / "subclass"), **TINY)
+    assert type(result.model) is NotRegistered and zoo.MODELS["vae"] is vae
+    assert result.model_dir.read_config()["model"] == "vae"  # config.json names it by its registry_name
+    with pytest.raises(TypeError, match="build_model takes a model class, got 'vae'"):
+        loop.build_model("vae", tf.distribute.get_strategy())
+    with pytest.raises(TypeError, match="model must be a registered model's name or its class"):
+        train.run(object, str(tmp_path / "never_written"), **TINY)
+    assert not (tmp_path / "never_written").exists()

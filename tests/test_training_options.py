@@ -21,7 +21,7 @@ def _data(initial_step=0):
 
 
 def _model(**kwargs):
-    return loop.build_model("avae", tf.distribute.get_strategy(), **TINY, **kwargs)
+    return loop.build_model(zoo.get_model_class("avae"), tf.distribute.get_strategy(), **TINY, **kwargs)
 
 
 def test_xla_computes_the_same_step():

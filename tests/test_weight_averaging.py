@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
+import zoo
 from benchmarks import weight_averaging
 from train import loop
 from zoo import data as zoo_data
@@ -12,7 +13,9 @@ from zoo.model_dir import ModelDir
 
 
 def _conv_avae():
-    return loop.build_model("avae", tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8)
+    return loop.build_model(
+        zoo.get_model_class("avae"), tf.distribute.get_strategy(), image_shape=(28, 28, 3), arch="conv", latent_dim=8
+    )
 
 
 def test_checkpoint_weights_are_the_checkpoints_not_the_models(tmp_path):

@@ -19,7 +19,9 @@ DAES = ("gmm_dae", "augmented_gmm_dae", "robust_gmm_dae")
 
 def _model(name, image_shape=(28, 28, 1), **kwargs):
     kwargs = {**EXTRA_KWARGS.get(name, {}), **kwargs}
-    return loop.build_model(name, tf.distribute.get_strategy(), image_shape=image_shape, arch="mlp", **TINY, **kwargs)
+    return loop.build_model(
+        zoo.get_model_class(name), tf.distribute.get_strategy(), image_shape=image_shape, arch="mlp", **TINY, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")

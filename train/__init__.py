@@ -1,5 +1,5 @@
-"""Training: `train.run(model, model_dir, **settings)`, and the command lines `python -m train --model=NAME`
-and `python -m train.<model>`.
+"""Training: `train.run(model, model_dir, **settings)` (`model`: a registered model's name or its class), and the
+command lines `python -m train --model=NAME` and `python -m train.<model>`.
 
 `run` is imported on first use, so that the command lines can quiet TensorFlow's log before it loads.
 """

@@ -60,17 +60,17 @@ def _print_summary(model_name, result):
     summary = result.summary
     if summary is None:
         return
-    test = summary["test"]
-    if test:
-        elbo = f"test ELBO {test['elbo']:.1f}" if "elbo" in test else f"test loss {test['loss']:.4g}"
-        print(f"  {elbo} (nats per image, on the validation images)")
+    split, measured = summary["split"], summary["elbo"]
+    if measured:
+        elbo = f"ELBO {measured['elbo']:.1f}" if "elbo" in measured else f"loss {measured['loss']:.4g}"
+        print(f"  {split} {elbo} (nats per image)")
     check = summary["robustness"]
     if check is None:
         print("  robustness check: skipped, the training data has no labels to probe")
     else:
         attacked = ", ".join(f"eps {e:g}: {100 * a:.1f} %" for e, a in check["pgd"].items())
         print(
-            f"  robustness check ({check['task']}, linear probe on the encoder mean, {check['examples']} test images): "
+            f"  robustness check ({check['task']}, linear probe on the encoder mean, {check['examples']} {split} images): "
             f"clean {100 * check['clean']:.1f} %, L-inf PGD-10 {attacked}"
         )
         stands = _where_a_run_stands(model_name, summary.get("dataset"), result.step)
@@ -89,7 +89,7 @@ def _given(names):
     return {name: FLAGS[name].value for name in names if FLAGS[name].present}
 
 
-def _main(model_name, model_config_class, config):
+def _main(model_class, config):
     from train import runner
     from train.loop import CheckpointError, NonFiniteLossError
     from train.settings import TrainSettings
@@ -97,12 +97,13 @@ def _main(model_name, model_config_class, config):
     from zoo.model_dir import ModelDirError
 
     console.quiet_info_logs()
+    model_name = model_class.registry_name
     # The dataset's recipe, under the config file, under the flags given (`train.settings.resolve`).
     options = {name: value for name, value in config.items() if name not in ("model", "model_dir")}
-    options.update(_given([field.name for field in (*TrainSettings.fields(), *model_config_class.fields())]))
+    options.update(_given([field.name for field in (*TrainSettings.fields(), *model_class.config_class.fields())]))
     model_dir = FLAGS.model_dir if FLAGS["model_dir"].present else config.get("model_dir", DEFAULT_MODEL_DIR)
     try:
-        result = runner.run(model_name, model_dir, **options)
+        result = runner.run(model_class, model_dir, **options)  # the class looked up in `main`, not the name again
     except (
         ValueError,
         ModelDirError,
@@ -160,13 +161,7 @@ def main(model_name=None):
     )
     define_flags(TrainSettings, sys.argv[0])
     define_flags(model_class.config_class, sys.argv[0])
-    app.run(
-        lambda argv: (
-            _main(model_name, model_class.config_class, config)
-            if len(argv) == 1
-            else _fail(f"unexpected arguments: {argv[1:]}")
-        )
-    )
+    app.run(lambda argv: _main(model_class, config) if len(argv) == 1 else _fail(f"unexpected arguments: {argv[1:]}"))
 
 
 def _flag_from_argv(name):

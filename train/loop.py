@@ -35,7 +35,6 @@ from absl import logging
 from train import distribute
 from train.callbacks import BatchSummaries, StepTimer, TrainingControl
 from train.xla_programs import use_xla_programs
-from zoo import registry
 from zoo.model_dir import ModelDir, atomic_path
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -61,7 +60,7 @@ def _dtype_policy(name):
 
 
 def build_model(
-    name,
+    model_class,
     strategy,
     learning_rate=1e-4,
     jit_compile=False,
@@ -70,7 +69,10 @@ def build_model(
     steps_per_xla_program=distribute.AUTO_STEPS_PER_XLA_PROGRAM,
     **model_kwargs,
 ):
-    """Builds and compiles the registered model `name` under `strategy` (Adam).
+    """Builds and compiles a `model_class(**model_kwargs)` under `strategy` (Adam).
+
+    `model_class` is the model's class, looked up once where its name entered (`zoo.get_model_class(name)`); a
+    name is refused with a TypeError.
 
     `steps_per_xla_program`, with XLA: training steps unrolled into one XLA program (`train.xla_programs`).
 
@@ -81,6 +83,10 @@ def build_model(
     scaling `ZooModel.train_step` applies; bfloat16 has float32's range and
     needs none.
     """
+    if not (isinstance(model_class, type) and issubclass(model_class, keras.Model)):
+        raise TypeError(
+            f"build_model takes a model class, got {model_class!r}: look a name up with zoo.get_model_class(name)"
+        )
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if jit_compile and strategy.num_replicas_in_sync > 1:
@@ -91,7 +97,7 @@ def build_model(
         )
         jit_compile = False
     with strategy.scope(), _dtype_policy(precision):
-        model = registry.get_model_class(name)(**model_kwargs)
+        model = model_class(**model_kwargs)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
             jit_compile=jit_compile,

@@ -11,6 +11,7 @@ from train import distribute, loop
 from train import settings as train_settings
 from train.callbacks import RobustnessMonitor
 from zoo import data as zoo_data
+from zoo.base import ZooModel
 from zoo.model_dir import ModelDir, init_from_chain
 
 
@@ -42,12 +43,22 @@ def _train_size(settings):
     return size
 
 
-def _init_source(model_name, model_class, settings):
+def _model_class(model):
+    """The class of `model`: a registered model's name, looked up here (the one look-up of a run started by name),
+    or a model class (a `ZooModel` subclass with a `registry_name`), taken as it is."""
+    if isinstance(model, str):
+        return zoo.get_model_class(model)
+    if isinstance(model, type) and issubclass(model, ZooModel) and hasattr(model, "registry_name"):
+        return model
+    raise TypeError(f"model must be a registered model's name or its class (zoo.get_model_class(name)), got {model!r}")
+
+
+def _init_source(model_class, settings):
     """The trained model `init_from` names, or None; a model that reads no data must have one."""
     if not settings.init_from:
         if not model_class.needs_data:
             raise ValueError(
-                f"{model_name} reads no data, it post-trains a trained model: give init_from=<its model_dir>"
+                f"{model_class.registry_name} reads no data, it post-trains a trained model: give init_from=<its model_dir>"
             )
         return None
     try:
@@ -88,14 +99,18 @@ def _shapes(model_class, source, settings):
 
 
 def run(model, model_dir, verbose="auto", **options):
-    """Trains the registered model `model` into `model_dir`, resuming from its checkpoints.
+    """Trains the model `model` into `model_dir`, resuming from its checkpoints.
+
+    `model` is a registered model's name ("avae"), looked up once here, or its class (`zoo.get_model_class(name)`,
+    as the command lines and studies pass it, which looked the name up where it entered); the class goes on to
+    `loop.build_model`, and its `registry_name` is the "model" of config.json.
 
     `options` are the fields of `TrainSettings` (dataset, arch, train_steps, ...) and the model's
     hyper-parameters (e.g. rho), by name; `verbose` is Keras' (0: no progress bar). Raises ValueError (bad settings), ModelDirError,
     DataUnavailableError or NonFiniteLossError with one clear sentence; nothing is written to
     `model_dir` before the settings and the data are checked. Returns a `TrainResult`.
     """
-    model_class = zoo.get_model_class(model)
+    model_class = _model_class(model)
     settings, hyperparameters = train_settings.resolve(model_class, options)
     distribute.split_cpu(settings.virtual_cpus)
     # First: MultiWorkerMirroredStrategy must exist before other TensorFlow work.
@@ -109,7 +124,7 @@ def run(model, model_dir, verbose="auto", **options):
             f"{settings.strategy!r}"
         )
 
-    source = _init_source(model, model_class, settings)
+    source = _init_source(model_class, settings)
     image_shape, arch, latent_dim = _shapes(model_class, source, settings)
     # A model that reads no data (avae_ss) trains without any; it is checked on data only when a curve is asked for.
     checked = settings.robustness_every or (settings.summary and model_class.needs_data)
@@ -127,7 +142,7 @@ def run(model, model_dir, verbose="auto", **options):
     model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}
     # The model checks its hyper-parameters before anything is written to model_dir.
     keras_model = loop.build_model(
-        model,
+        model_class,
         strategy,
         learning_rate=settings.learning_rate,
         jit_compile=settings.jit_compile,
@@ -139,7 +154,7 @@ def run(model, model_dir, verbose="auto", **options):
     )
     dataset = settings.dataset if model_class.needs_data else None
     config = {
-        "model": model,
+        "model": model_class.registry_name,
         "dataset": dataset,
         "init_from": settings.init_from,
         **keras_model.get_config(),
@@ -158,26 +173,24 @@ def run(model, model_dir, verbose="auto", **options):
     def make_train_data(step):
         if not model_class.needs_data:  # batches that carry only the batch size: the model draws its inputs
             return tf.data.Dataset.from_tensors(tf.zeros([0])).repeat().batch(settings.batch_size, drop_remainder=True)
-        return zoo_data.load(
+        return zoo_data.training_batches(
             settings.dataset,
-            "train",
             settings.batch_size,
             data_dir=settings.data_dir,
-            shuffle=True,
             seed=settings.seed,
             start=step * settings.batch_size,
-            repeat=True,
-            drop_remainder=True,
             download=settings.download,
             take=settings.train_examples or None,
             colour_per_visit=settings.colour_per_visit,
         )
 
+    # Training's own measurements read the dataset's check split: its validation digits where it has them.
+    measured_split = zoo_data.get_spec(check_dataset or settings.dataset).check_split if checked else None
     validation = None
     if settings.eval_examples and model_class.needs_data:
         validation = zoo_data.load(
             settings.dataset,
-            "test",
+            zoo_data.get_spec(settings.dataset).check_split,
             settings.batch_size,
             data_dir=settings.data_dir,
             take=settings.eval_examples,
@@ -221,16 +234,17 @@ def run(model, model_dir, verbose="auto", **options):
         # A multi-worker model's variables are collective: evaluating them on the chief alone would wait for
         # workers that have finished. The chief measures the saved model, a copy of its own, instead.
         measured = zoo.load(directory.path) if distribute.is_multi_worker(strategy) else keras_model
-        result.summary = _summary(measured, validation, check_data, settings)
+        result.summary = _summary(measured, validation, check_data, settings, measured_split)
         directory.write_json(directory.summary_file, result.summary)
     return result
 
 
-def _summary(model, validation, check_data, settings):
-    """What the run achieved: the validation metrics (test ELBO) and the quick robustness check."""
-    summary = {"dataset": settings.dataset, "test": None, "robustness": None}
+def _summary(model, validation, check_data, settings, split):
+    """What the run achieved, on the dataset's check split (validation digits where it has them, else test): the
+    ELBO and the quick robustness check."""
+    summary = {"dataset": settings.dataset, "split": split, "elbo": None, "robustness": None}
     if validation is not None:
-        summary["test"] = {
+        summary["elbo"] = {
             name: float(value) for name, value in model.evaluate(validation, verbose=0, return_dict=True).items()
         }
     if check_data is not None:

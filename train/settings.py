@@ -61,7 +61,10 @@ class TrainSettings(Config):
         check=AT_LEAST_ONE,
     )
     eval_examples: int = setting(
-        1000, "Test examples used for validation at each checkpoint (0: none).", check=NON_NEGATIVE
+        1000,
+        "Examples whose ELBO is measured at each checkpoint (0: none), of the dataset's validation split where it has "
+        "one (the *_plus_embedded datasets), else of its test split; the robustness checks read the same split.",
+        check=NON_NEGATIVE,
     )
     seed: int = setting(0, "Seed for initialisation, data order and training noise.")
     strategy: str = setting(
@@ -140,6 +143,8 @@ RECIPES = {
     "color_mnist": _MNIST_RECIPE,
     "mnist_embedded": _MNIST_RECIPE,
     "mnist": _MNIST_RECIPE,
+    "color_mnist_plus_embedded": _MNIST_RECIPE,
+    "mnist_plus_embedded": _MNIST_RECIPE,
     "fashion_mnist": {"arch": "conv"},
     "svhn_cropped": {"arch": "conv"},
     "celeb_a": {"arch": "conv64"},

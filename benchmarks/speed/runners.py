@@ -101,8 +101,9 @@ class KerasRunner(Runner):
         self.arch, self.precision, self.xla = setting.arch, setting.precision, setting.xla
         self.steps_per_execution = setting.steps_per_execution
         keras.utils.set_random_seed(0)
+        model_class = zoo.get_model_class(name)
         self.model = loop.build_model(
-            name,
+            model_class,
             tf.distribute.get_strategy(),
             jit_compile=setting.jit_compile,
             steps_per_execution=setting.steps_per_execution,
@@ -112,7 +113,7 @@ class KerasRunner(Runner):
             latent_dim=latent_dim,
             **hyperparameters,
         )
-        self.dataset = dataset if zoo.get_model_class(name).needs_data else size_only
+        self.dataset = dataset if model_class.needs_data else size_only
 
     def batch_spec(self):
         return tf.TensorSpec(tf.nest.flatten(self.dataset.element_spec)[0].shape, tf.float32)
@@ -142,16 +143,7 @@ class KerasRunner(Runner):
 
 
 def _datasets(dataset_name, data_dir, batch_size):
-    dataset = zoo_data.load(
-        dataset_name,
-        "train",
-        batch_size,
-        data_dir=data_dir,
-        shuffle=True,
-        repeat=True,
-        drop_remainder=True,
-        download=False,
-    )
+    dataset = zoo_data.training_batches(dataset_name, batch_size, data_dir=data_dir, download=False)
     size_only = tf.data.Dataset.from_tensors(tf.zeros([0])).repeat().batch(batch_size, drop_remainder=True)
     return dataset, size_only
 
