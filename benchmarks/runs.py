@@ -50,8 +50,7 @@ def require_values(study, stage, setting, values, what):
 
 def hyperparameters(run):
     """The model's hyper-parameters in a study run's config (what differs between the models a table compares)."""
-    fields = {field.name for field in run.model_class.config_class.fields()}
-    return {key: value for key, value in run.options.items() if key in fields}
+    return run.model_class.config_class.split(run.options)[0]
 
 
 def report_on_studies(

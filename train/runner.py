@@ -185,7 +185,7 @@ def run(model, model_dir, verbose="auto", **options):
         )
 
     # Training's own measurements read the dataset's check split: its validation digits where it has them.
-    measured_split = zoo_data.get_spec(check_dataset or settings.dataset).check_split if checked else None
+    measured_split = zoo_data.get_spec(check_dataset).check_split if check_dataset else None
     validation = None
     if settings.eval_examples and model_class.needs_data:
         validation = zoo_data.load(

@@ -674,7 +674,7 @@ def split_sizes(name, data_dir=None):
     trained on."""
     try:
         spec = get_spec(name, data_dir)
-        splits = [split for split in spec.splits if split != "validation" or spec.check_split == split]
+        splits = dict.fromkeys(("train", spec.check_split, "test"))  # what training reads and measures on
         sizes = {split: int(spec.load(split, data_dir, False).cardinality()) for split in splits}
     except (DataUnavailableError, ValueError):
         return None
