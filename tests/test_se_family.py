@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import zoo
 from train import loop
-from zoo import data
+from zoo import attacks, data, maths
 from zoo.models import se
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +51,40 @@ def test_selection_stays_in_the_ball_and_raises_the_eqs_25_26_objective_above_no
     for seed in range(3):
         noisy = tf.clip_by_value(x + tf.random.stateless_uniform(x.shape, (seed, 2), -0.1, 0.1), 0.0, 1.0)
         assert np.all(objective(selected) > objective(noisy))
+
+
+def test_selection_radius_ramps_linearly_to_se_epsilon():
+    ramped = se.SEConfig(se_epsilon=0.2, se_epsilon_ramp_steps=100)
+    radii = [float(se.selection_radius(ramped, step)) for step in (0, 25, 100, 1000)]
+    np.testing.assert_allclose(radii, [0.0, 0.05, 0.2, 0.2], rtol=1e-6)
+    assert float(se.selection_radius(se.SEConfig(se_epsilon=0.2), 0)) == pytest.approx(0.2)
+
+
+def test_selection_reads_the_step_size_scale_and_the_ramp_from_the_training_step():
+    rho = 0.95
+    x = _images()
+    fast = _model("se", se_epsilon=0.1, pgd_steps=1, selection_step_scale=1.25, rho=rho)
+    reference = fast.posterior(x, training=False)
+
+    def objective(x_adv):
+        adversarial = fast.posterior(x_adv, training=False)
+        coupling = maths.coupling_log_prob(
+            reference.mean(), reference.variance(), adversarial.mean(), adversarial.variance(), rho
+        )
+        return -coupling - maths.gaussian_entropy(adversarial.variance())
+
+    seed = fast.noise_seed(se._SELECTION_SALT)
+    single_step = attacks.pgd(objective, x, 0.1, 1, step_size=0.125, seed=seed)
+    np.testing.assert_allclose(se.select(fast, x, rho), single_step, atol=1e-6)
+    # The default step (2.5 x epsilon) lands elsewhere: a step of 1.25 x epsilon from a random start leaves
+    # some pixels inside the ball, where 2.5 x epsilon reaches its faces.
+    assert not np.allclose(single_step, attacks.pgd(objective, x, 0.1, 1, seed=seed), atol=1e-6)
+
+    ramped = _model("se", se_epsilon=0.1, se_epsilon_ramp_steps=100, rho=rho)
+    np.testing.assert_array_equal(se.select(ramped, x, rho), x)  # step 0: radius 0
+    ramped.optimizer.iterations.assign(50)
+    change = float(tf.reduce_max(tf.abs(se.select(ramped, x, rho) - x)))
+    assert 0.04 < change <= 0.05 + 1e-6
 
 
 def test_se_penalty_is_minus_eq32_with_the_pairwise_bound(monkeypatch):
@@ -104,6 +138,10 @@ def test_invalid_hyperparameters_are_refused():
         zoo.get_model_class("se_avae")(rho_se=1.0)
     with pytest.raises(ValueError, match="rho must lie in"):
         zoo.get_model_class("se")(rho=-1.0)
+    with pytest.raises(ValueError, match="selection_step_scale must be positive"):
+        zoo.get_model_class("se")(selection_step_scale=0.0)
+    with pytest.raises(ValueError, match="se_epsilon_ramp_steps must be non-negative"):
+        zoo.get_model_class("se_avae")(se_epsilon_ramp_steps=-1)
 
 
 @pytest.mark.parametrize("name", ["se", "se_avae"])

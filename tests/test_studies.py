@@ -89,6 +89,19 @@ def test_a_study_trains_evaluates_and_reports(tmp_path):
     assert set(json.load(open(os.path.join(output_dir, studies.RECORD_FILE)))["runs"]) == {"a", "b"}
 
 
+def test_a_stage_records_the_step_and_weights_of_the_newest_checkpoint(tmp_path):
+    study = studies.read_study(_tiny_study(tmp_path / "tiny"))
+    runs_dir, output_dir = str(tmp_path / "runs"), str(tmp_path / "results")
+    run_a, run_b = study.runs
+    trained = studies.train_run(study, run_a, runs_dir)
+    stage = studies.record_stage(study, run_a, runs_dir, output_dir)
+    assert stage["step"] == 3 and stage["weights_digest_at_step"] == trained.weights_digest
+    assert stage["command"] == f"python -m train.study --study={study.path} --only=a --runs_dir=$RUNS"
+    assert json.load(open(os.path.join(output_dir, "a", studies.STAGE_FILE))) == stage
+    with pytest.raises(studies.StudyError, match="run b of study tiny has not started"):
+        studies.record_stage(study, run_b, runs_dir, output_dir)
+
+
 def _rewrite(path, **changes):
     with open(path) as f:
         value = json.load(f)

@@ -1,13 +1,17 @@
-"""Speed options of the training loop: XLA, steps per execution, mixed precision."""
+"""Options of training: the loop's speed (XLA, steps per execution, mixed precision) and what it reads (shift_pixels)."""
 
 import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
+import train
 import zoo
 from train import distribute, loop
+from train.settings import TrainSettings
+from zoo import data
 from zoo.model_dir import ModelDir
 
 SHAPE = (8, 8, 1)
@@ -106,3 +110,107 @@ def test_speed_defaults_follow_the_measured_rules():
     assert distribute.auto_steps_per_execution(checkpoint_every=500, train_steps=2000, replicas=2) == 1
     assert distribute.auto_steps_per_xla_program(train_steps=100_000) == 5
     assert distribute.auto_steps_per_xla_program(train_steps=2000) == 1
+
+
+# --- shift_pixels: random translations of the training images, exact under resume ---------------------------------
+
+
+def test_shift_image_moves_the_pixels_by_the_offset_and_fills_with_zeros():
+    image = np.arange(1, 13, dtype="float32").reshape(3, 4, 1)  # rows 1-4, 5-8, 9-12
+    down_left = data.shift_image(image, [1, -2]).numpy()[..., 0]
+    np.testing.assert_array_equal(down_left, [[0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0]])
+    two_channels = np.concatenate([image, 10 * image], axis=-1)
+    up_right = data.shift_image(two_channels, tf.constant([-1, 1], tf.int64)).numpy()
+    np.testing.assert_array_equal(up_right[..., 0], [[0, 5, 6, 7], [0, 9, 10, 11], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(up_right[..., 1], 10 * up_right[..., 0])
+    np.testing.assert_array_equal(data.shift_image(two_channels, [0, 0]), two_channels)
+    assert data.shift_image(two_channels, [0, 4]).numpy().max() == 0  # moved out whole
+
+
+SHIFT_SEED, SHIFT_BATCH = 5, 8
+
+
+def _read(start=0, batches=12, **options):
+    """Training's read of 40 ColorMNIST digits (no download), `batches` batches of it from example `start`:
+    (images, digits, colours), one entry per example in stream order."""
+    stream = data.training_batches(
+        "color_mnist_embedded", SHIFT_BATCH, take=40, seed=SHIFT_SEED, start=start, download=False, **options
+    )
+    read = [(x.numpy(), y["digit"].numpy(), y["color"].numpy()) for x, y in stream.take(batches)]
+    return tuple(np.concatenate(parts) for parts in zip(*read))
+
+
+def test_shifted_training_stream_resumes_exactly_and_shifts_nothing_else():
+    # With colour_per_visit: the shift comes after the colouring and leaves its draws alone.
+    plain = _read(colour_per_visit=True)
+    shifted = _read(colour_per_visit=True, shift_pixels=2)  # 96 examples: 2.4 epochs of the 40
+    # Each image is its unshifted self moved by the offset drawn for its position; digits and colours untouched.
+    offsets = np.stack([data.shift_offset(SHIFT_SEED, i, 2).numpy() for i in range(len(plain[0]))])
+    for position, (image, offset) in enumerate(zip(plain[0], offsets)):
+        np.testing.assert_array_equal(shifted[0][position], data.shift_image(image, offset))
+    np.testing.assert_array_equal(shifted[1], plain[1])
+    np.testing.assert_array_equal(shifted[2], plain[2])
+    # Offsets stay in [-2, 2], take every value there, and move most images.
+    assert offsets.min() == -2 and offsets.max() == 2 and set(offsets.ravel()) == set(range(-2, 3))
+    assert np.mean(np.any(shifted[0] != plain[0], axis=(1, 2, 3))) > 0.7
+    # A run resumed at step 3 reads the tail of the uninterrupted run's stream, shifts included.
+    resumed = _read(start=3 * SHIFT_BATCH, batches=9, colour_per_visit=True, shift_pixels=2)
+    for part, whole in zip(resumed, shifted):
+        np.testing.assert_array_equal(part, whole[3 * SHIFT_BATCH :])
+    # shift_pixels=0 is the stream without the option, byte for byte.
+    unshifted = _read(colour_per_visit=True, shift_pixels=0)
+    for part, whole in zip(unshifted, plain):
+        assert part.tobytes() == whole.tobytes()
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"shift_pixels": -1}, "shift_pixels must be non-negative, got -1"),
+        ({"dataset": "mnist_embedded", "shift_pixels": 28}, "smaller than the side of the images, 28 pixels in"),
+    ],
+)
+def test_a_bad_shift_pixels_is_refused_in_one_sentence(options, message):
+    with pytest.raises(ValueError) as raised:
+        TrainSettings(**options)
+    assert message in str(raised.value)
+    with pytest.raises(
+        ValueError, match="shift_pixels must be at least 0 and smaller than the side of the images, 28 pixels"
+    ):
+        data.training_batches(options.get("dataset", "color_mnist_embedded"), 8, shift_pixels=options["shift_pixels"])
+
+
+def test_training_shifts_its_training_stream_only(tmp_path, monkeypatch):
+    from train import runner
+
+    calls = []
+    load = runner.zoo_data.load
+
+    def recording_load(name, split, *args, **kwargs):
+        calls.append((split, kwargs.get("repeat", False), kwargs.get("shift_pixels", 0)))
+        return load(name, split, *args, **kwargs)
+
+    monkeypatch.setattr(runner.zoo_data, "load", recording_load)
+    options = dict(train_steps=1, latent_dim=8, eval_examples=8, summary=False, verbose=0, shift_pixels=2)
+    result = train.run("vae", str(tmp_path / "vae"), **options)
+    assert result.model_dir.read_flags()["shift_pixels"] == 2
+    assert ("train", True, 2) in calls  # the training stream
+    assert all(shift == 0 for split, repeat, shift in calls if not repeat) and len(calls) > 1  # validation: none
+
+
+def test_the_cosine_schedule_decays_the_rate_to_zero_over_the_run():
+    rate = loop.learning_rate_of(1e-3, "cosine", train_steps=100)
+    np.testing.assert_allclose([float(rate(step)) for step in (0, 50, 100, 200)], [1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+    assert loop.learning_rate_of(1e-3) == 1e-3
+    with pytest.raises(ValueError, match="choose one of: constant, cosine"):
+        loop.learning_rate_of(1e-3, "linear")
+
+
+def test_a_run_trains_on_its_schedule_and_saves_it(tmp_path):
+    options = dict(train_steps=4, latent_dim=8, eval_examples=0, summary=False, verbose=0, learning_rate=1e-3)
+    result = train.run("vae", str(tmp_path / "vae"), learning_rate_schedule="cosine", **options)
+    assert float(result.model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # at step 4 of 4
+    assert float(zoo.load(result.model_dir.path).optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    constant = train.run("vae", str(tmp_path / "constant"), **options)
+    assert float(constant.model.optimizer.learning_rate) == pytest.approx(1e-3)
+    assert constant.weights_digest != result.weights_digest

@@ -38,6 +38,8 @@ from train.xla_programs import use_xla_programs
 from zoo.model_dir import ModelDir, atomic_path
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# How the learning rate moves over a run (`learning_rate_of`).
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 # Where checkpoints that do not restore are kept, inside the checkpoint directory.
 DAMAGED = "damaged"
 
@@ -59,6 +61,19 @@ def _dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
+def learning_rate_of(learning_rate, schedule="constant", train_steps=None):
+    """The optimizer's learning rate: `learning_rate` throughout (constant), or decayed from it to 0 on a half
+    cosine over `train_steps` (cosine). A schedule is a function of the optimizer's step, which a checkpoint
+    restores, so a resumed run follows it exactly; a run's train_steps then fixes its rates."""
+    if schedule not in LEARNING_RATE_SCHEDULES:
+        raise ValueError(
+            f"unknown learning rate schedule {schedule!r}; choose one of: {', '.join(LEARNING_RATE_SCHEDULES)}"
+        )
+    if schedule == "constant":
+        return learning_rate
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=int(train_steps))
+
+
 def build_model(
     model_class,
     strategy,
@@ -69,7 +84,8 @@ def build_model(
     steps_per_xla_program=distribute.AUTO_STEPS_PER_XLA_PROGRAM,
     **model_kwargs,
 ):
-    """Builds and compiles a `model_class(**model_kwargs)` under `strategy` (Adam).
+    """Builds and compiles a `model_class(**model_kwargs)` under `strategy` (Adam, at `learning_rate`: a rate or a
+    schedule, `learning_rate_of`).
 
     `model_class` is the model's class, looked up once where its name entered (`zoo.get_model_class(name)`); a
     name is refused with a TypeError.

@@ -144,7 +144,9 @@ def run(model, model_dir, verbose="auto", **options):
     keras_model = loop.build_model(
         model_class,
         strategy,
-        learning_rate=settings.learning_rate,
+        learning_rate=loop.learning_rate_of(
+            settings.learning_rate, settings.learning_rate_schedule, settings.train_steps
+        ),
         jit_compile=settings.jit_compile,
         steps_per_execution=settings.steps_per_execution,
         steps_per_xla_program=settings.steps_per_xla_program,
@@ -182,6 +184,7 @@ def run(model, model_dir, verbose="auto", **options):
             download=settings.download,
             take=settings.train_examples or None,
             colour_per_visit=settings.colour_per_visit,
+            shift_pixels=settings.shift_pixels,
         )
 
     # Training's own measurements read the dataset's check split: its validation digits where it has them.

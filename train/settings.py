@@ -5,6 +5,7 @@ import dataclasses
 
 from train import distribute
 from train.distribute import STRATEGIES
+from train.loop import LEARNING_RATE_SCHEDULES
 from zoo import data, networks
 from zoo.config import AT_LEAST_ONE, NON_NEGATIVE, Config, setting
 
@@ -41,6 +42,14 @@ class TrainSettings(Config):
         "ColorMNIST: draw a training digit's colour afresh at every visit, as the public AVAE code does (test "
         "colours stay fixed); otherwise each digit keeps one colour, a hash of its pixels.",
     )
+    shift_pixels: int = setting(
+        0,
+        "Translate each training image by a random whole number of pixels in [-N, N] along each axis, its "
+        "border filled with black (0: no shift); a draw from the seed and the image's place in the training "
+        "stream, so a resumed run shifts exactly as the uninterrupted one. Validation, test and evaluation "
+        "images are never shifted.",
+        check=NON_NEGATIVE,
+    )
     train_examples: int = setting(
         0,
         "Train on the first N examples of the training split only (0: all of it), for data-size ablations; "
@@ -51,6 +60,12 @@ class TrainSettings(Config):
     batch_size: int = setting(64, "Global batch size (split over replicas).", check=AT_LEAST_ONE)
     learning_rate: float = setting(
         1e-4, "Adam learning rate (the papers'); the MNIST family's recipe: 3e-4.", check=NON_NEGATIVE
+    )
+    learning_rate_schedule: str = setting(
+        "constant",
+        "How the learning rate moves: constant, or cosine (decayed to 0 on a half cosine over train_steps, which then "
+        "fixes the rates: raising train_steps later changes them).",
+        choices=LEARNING_RATE_SCHEDULES,
     )
     train_steps: int = setting(
         10_000, "Optimizer steps to train for; the MNIST family's recipe: 20,000.", check=AT_LEAST_ONE
@@ -125,6 +140,11 @@ class TrainSettings(Config):
         if self.colour_per_visit:
             try:
                 data.check_colour_per_visit(self.dataset)
+            except ValueError as refusal:
+                raise self.error(str(refusal)) from None
+        if self.shift_pixels:  # checked against the dataset's images (a model that reads no data opens none)
+            try:
+                data.check_shift_pixels(self.dataset, self.shift_pixels)
             except ValueError as refusal:
                 raise self.error(str(refusal)) from None
 

@@ -39,6 +39,7 @@ STUDY_KEYS = ("description", "evaluate", "report")
 REPORT_KEYS = ("output_dir",)
 RUNS_DIR = "runs"  # ignored by git (/runs/ in .gitignore)
 RECORD_FILE = "study_runs.json"  # in the report's directory: what each run was
+STAGE_FILE = "stage.json"  # in <output_dir>/<run>/: where a run growing across sessions stands (`record_stage`)
 
 
 class StudyError(ValueError):
@@ -279,6 +280,68 @@ def write_report(study, output_dir, trained, command):
     return [*written, record_path]
 
 
+def _machine():
+    """The machine a stage was trained on, in words: its CPU, its cores and its GPUs."""
+    import tensorflow as tf
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+        "unknown CPU",
+    )
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{cpu}, {os.cpu_count()} cores, " + (f"{len(gpus)} GPU(s)" if gpus else "no GPU")
+
+
+def _read_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def record_stage(study, run, runs_dir=RUNS_DIR, output_dir=None):
+    """Records the stage of a run that grows across sessions into <output_dir>/<run>/: a copy of its robustness
+    curve and `stage.json` (the step of its newest checkpoint that restores, the digest of its weights there, its
+    config, the command that grows it and the machine); returns stage.json's contents. Reads the model directory
+    and writes nothing into it."""
+    import shutil
+
+    import tensorflow as tf
+
+    import zoo
+    from train import loop
+    from zoo.model_dir import ModelDir
+
+    directory = ModelDir(model_dir_of(study, run, runs_dir))
+    config, settings = directory.read_config(), directory.read_flags()
+    if not config or not settings:
+        raise StudyError(
+            f"run {run.name} of study {study.name} has not started in {directory.path}: no stage to record"
+        )
+    model_kwargs = {key: value for key, value in config.items() if key not in ("model", "dataset", "init_from")}
+    model = loop.build_model(
+        run.model_class, tf.distribute.get_strategy(), precision=settings["precision"], **model_kwargs
+    )
+    step = loop.restore(model, directory, move_damaged=False)
+    out = os.path.join(output_dir or study.output_dir, run.name)
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(directory.robustness_curve_file):
+        shutil.copy(directory.robustness_curve_file, os.path.join(out, ModelDir.ROBUSTNESS_CURVE))
+    stage = {
+        "run": run.name,
+        "config": run.config_path,
+        "command": f"python -m train.study --study={study.path} --only={run.name} --runs_dir=$RUNS",
+        "step": step,
+        "train_steps": settings["train_steps"],
+        "weights_digest_at_step": zoo.weights_digest(model),
+        "machine": _machine(),
+        "precision": settings["precision"],
+    }
+    ModelDir(out).write_json(os.path.join(out, STAGE_FILE), stage)
+    return stage
+
+
 def run_study(study, only=(), runs_dir=RUNS_DIR, output_dir=None, command=None, log=print):
     """Trains, evaluates and reports the study's runs (those in `only`, default all); returns the files written."""
     output_dir = output_dir or study.output_dir
@@ -306,6 +369,13 @@ def define_flags(flag_values=FLAGS, module_name=__name__):
     )
     flags.DEFINE_string("runs_dir", RUNS_DIR, "Model directories go to <runs_dir>/<study>/<run>.", **kwargs)
     flags.DEFINE_string("output_dir", None, "Where the report goes; default: study.json's report output_dir.", **kwargs)
+    flags.DEFINE_bool(
+        "stage",
+        False,
+        "Train nothing: record where each run (of --only) stands, for runs that grow across sessions: "
+        f"<output_dir>/<run>/{STAGE_FILE} (step, weights digest) and a copy of its robustness curve.",
+        **kwargs,
+    )
 
 
 def _main(argv):
@@ -323,7 +393,11 @@ def _main(argv):
     console.quiet_info_logs()
     try:
         study = read_study(FLAGS.study)
-        select(study, FLAGS.only)  # before any training
+        chosen = select(study, FLAGS.only)  # before any training
+        if FLAGS.stage:
+            for run in chosen:
+                print(record_stage(study, run, FLAGS.runs_dir, FLAGS.output_dir))
+            return
         run_study(
             study,
             FLAGS.only,

@@ -114,6 +114,10 @@ class ZooModel(keras.Model):
         with `coupled_pass` joint (see `BaseVAE.coupled_posteriors`)."""
         return self.encoder_has_batch_norm and self.config.coupled_pass == "joint"
 
+    def training_step(self):
+        """The optimizer steps applied so far (restored on resume); 0 before the model is compiled."""
+        return self.optimizer.iterations if self.optimizer is not None else tf.constant(0, tf.int64)
+
     def noise_seed(self, salt):
         """A stateless seed for one random draw of one training step.
 
@@ -124,8 +128,7 @@ class ZooModel(keras.Model):
         """
         replica = tf.distribute.get_replica_context()
         replica_id = replica.replica_id_in_sync_group if replica is not None else 0
-        step = self.optimizer.iterations if self.optimizer is not None else 0
-        step = tf.cast(step, tf.int32)
+        step = tf.cast(self.training_step(), tf.int32)
         return tf.stack(
             [tf.constant(self.seed * 1009 + salt, tf.int32), step * num_replicas() + tf.cast(replica_id, tf.int32)]
         )

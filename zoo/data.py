@@ -226,11 +226,50 @@ def _with_colour(image, labels):
     return colourise(image, colour), {**labels, "color": tf.cast(colour, tf.int32)}
 
 
+def _position_seed(seed, position):
+    """The stateless seed of the example at `position` of a training stream: (seed, position)."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)])
+
+
 def _recolour(index, image, labels, seed):
     """The digit of a coloured image drawn again in a colour drawn from (seed, index)."""
-    colour = rng.uniform([], tf.stack([tf.cast(seed, tf.int64), index]), maxval=NUM_COLOURS, dtype=tf.int64)
+    colour = rng.uniform([], _position_seed(seed, index), maxval=NUM_COLOURS, dtype=tf.int64)
     grey = tf.reduce_max(image, axis=-1, keepdims=True)  # every colour has at least one channel on
     return colourise(grey, colour), {**labels, "color": tf.cast(colour, tf.int32)}
+
+
+# The shift's draw is keyed on (seed, position) folded with this salt, the colour's on the pair itself: independent.
+_SHIFT_SALT = 1
+
+
+def shift_image(image, offset):
+    """`image` (H, W, C) translated by `offset` = (rows, columns) pixels (positive: down and right), the pixels
+    moved in zero (black) and those moved out dropped; its shape is kept.
+
+    Zero is the background of the digit datasets (MNIST, ColorMNIST, Fashion-MNIST: black, 0 in [0, 1]). For the
+    photographs (svhn_cropped, celeb_a, image_folder) no fill is background; they get black borders too, as the
+    usual pad-and-crop augmentation gives, rather than replicated edge pixels that would invent content.
+    """
+    image = tf.convert_to_tensor(image)
+    offset = tf.cast(offset, tf.int32)
+    shape = tf.shape(image)
+    # Pad by the offset on the side the image moves away from, then crop the image's size from the other side.
+    before = tf.maximum(offset, 0)
+    after = tf.maximum(-offset, 0)
+    padded = tf.pad(image, tf.stack([tf.concat([before, [0]], 0), tf.concat([after, [0]], 0)], axis=1))
+    shifted = tf.slice(padded, tf.concat([after, [0]], 0), shape)
+    return tf.ensure_shape(shifted, image.shape)
+
+
+def shift_offset(seed, position, shift_pixels):
+    """The (rows, columns) offset of the training example at `position` of the stream: each a uniform integer in
+    [-shift_pixels, shift_pixels], a stateless draw from (seed, position), independent of `colour_per_visit`'s."""
+    key = rng.fold_in(_position_seed(seed, position), _SHIFT_SALT)
+    return rng.uniform([2], key, minval=-shift_pixels, maxval=shift_pixels + 1, dtype=tf.int64)
+
+
+def _shift(index, image, labels, seed, shift_pixels):
+    return shift_image(image, shift_offset(seed, index, shift_pixels)), labels
 
 
 def _classification(tfds_name, task):
@@ -647,6 +686,16 @@ def check_colour_per_visit(name):
         raise ValueError(f"colour_per_visit recolours ColorMNIST digits; dataset {name!r} has no colour")
 
 
+def check_shift_pixels(name, shift_pixels):
+    """Refuses a `shift_pixels` that is negative or not smaller than dataset `name`'s image side."""
+    side = min(get_spec(name).image_shape[:2])
+    if not 0 <= shift_pixels < side:
+        raise ValueError(
+            f"shift_pixels must be at least 0 and smaller than the side of the images, {side} pixels in "
+            f"dataset {name!r}, got {shift_pixels}"
+        )
+
+
 def get_spec(name, data_dir=None):
     """The DatasetSpec of dataset `name`. image_folder's tasks are the columns of data_dir's labels file: with
     data_dir, the folder is read (and checked) and the spec has them; without, it has none."""
@@ -721,6 +770,13 @@ def training_order(dataset, seed=0, shuffle=True, repeat=True, start=0):
     return epochs.flat_map(lambda epoch: _epoch(dataset, seed, epoch)).skip(skip)
 
 
+def _by_position(dataset, start, visit):
+    """`dataset` mapped by `visit(position, example)`, `position` the example's place in the stream (the first is
+    `start`): what a per-visit draw is keyed on, so that a resumed stream draws what the uninterrupted one drew."""
+    positions = tf.data.Dataset.range(start, tf.int64.max)
+    return tf.data.Dataset.zip(positions, dataset).map(visit, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def load(
     name,
     split,
@@ -733,6 +789,7 @@ def load(
     download=True,
     take=None,
     colour_per_visit=False,
+    shift_pixels=0,
     start=0,
 ):
     """A batched, prefetched pipeline of `(images, {task: labels})`.
@@ -744,13 +801,19 @@ def load(
     steps consumed. `colour_per_visit` (ColorMNIST) draws each digit's colour
     afresh every time the pipeline yields it, from `seed` and the example's
     position in the stream, as the public AVAE code colours its training
-    digits; otherwise a digit keeps its one colour.
+    digits; otherwise a digit keeps its one colour. `shift_pixels` then
+    translates each image by a random offset in [-shift_pixels, shift_pixels]
+    pixels along each axis, zero-filled (`shift_image`), drawn from `seed`
+    and the example's position in the stream (`shift_offset`). Both draws
+    are stateless: the stream from `start` is the tail of the stream from 0.
     """
     spec = get_spec(name)
     if split not in spec.splits:
         raise ValueError(f"dataset {name!r} has splits {', '.join(map(repr, spec.splits))}, not {split!r}")
     if colour_per_visit:
         check_colour_per_visit(name)
+    if shift_pixels:
+        check_shift_pixels(name, shift_pixels)
     dataset = spec.load(split, data_dir, download)
     if take is not None:
         dataset = dataset.take(take)
@@ -758,9 +821,9 @@ def load(
         dataset = dataset.cache()
     dataset = training_order(dataset, seed, shuffle, repeat, start) if shuffle or repeat or start else dataset
     if colour_per_visit:
-        dataset = tf.data.Dataset.zip(tf.data.Dataset.range(start, tf.int64.max), dataset).map(
-            lambda i, example: _recolour(i, *example, seed), num_parallel_calls=tf.data.AUTOTUNE
-        )
+        dataset = _by_position(dataset, start, lambda i, example: _recolour(i, *example, seed))
+    if shift_pixels:
+        dataset = _by_position(dataset, start, lambda i, example: _shift(i, *example, seed, shift_pixels))
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
@@ -770,6 +833,6 @@ _TRAINING_READ = {"shuffle": True, "repeat": True, "drop_remainder": True}
 
 def training_batches(name, batch_size, **options):
     """What training reads: full batches of the training split, endlessly, in training order (`training_order`).
-    `options` are `load`'s others: data_dir, seed, start (the example of that order to begin at), download, take and
-    colour_per_visit."""
+    `options` are `load`'s others: data_dir, seed, start (the example of that order to begin at), download, take,
+    colour_per_visit and shift_pixels."""
     return load(name, "train", batch_size, **_TRAINING_READ, **options)
