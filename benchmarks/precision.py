@@ -34,7 +34,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 
 from zoo import console
 
@@ -372,16 +371,9 @@ def train_and_measure(
 
 
 def main(argv):
-    from train.loop import CheckpointError, NonFiniteLossError
-    from zoo.data import DataUnavailableError
-
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments: {argv[1:]}")
-    console.quiet_info_logs()
-    try:
-        study = studies.read_study(FLAGS.study)
+    def measure():
         train_and_measure(  # checks the study and the choice of runs before any training
-            study,
+            studies.read_study(FLAGS.study),
             FLAGS.only,
             FLAGS.runs_dir,
             FLAGS.output_dir,
@@ -392,8 +384,8 @@ def main(argv):
             command=runs.command_line("benchmarks.precision"),
             log=lambda line: print(line, flush=True),
         )
-    except (ValueError, FileNotFoundError, DataUnavailableError, NonFiniteLossError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+
+    runs.run_program(argv, measure)
 
 
 if __name__ == "__main__":

@@ -103,25 +103,29 @@ def define_report_flags(results):
     )
 
 
-def main_of_report(argv, module, make_report):
-    """The main of report program `module` on top of the study runner: `make_report(**where)` after the command line
-    is checked, `where` being the flags of `define_report_flags` (runs_dir, output_dir, evaluations_dir) and the
-    command line; bad input (a bad study, missing data, a training run that cannot go on) ends the program with one
-    line."""
-    from absl import flags
-
+def run_program(argv, action):
+    """Runs `action()` as a program's main once the command line is checked: bad input (a bad study, missing data, a
+    training run that cannot go on) ends the program with one line."""
     from train.loop import CheckpointError, NonFiniteLossError
     from zoo.data import DataUnavailableError
 
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments: {argv[1:]}")
     console.quiet_info_logs()
-    values = flags.FLAGS
-    where = dict(runs_dir=values.runs_dir, output_dir=values.output_dir, evaluations_dir=values.evaluations_dir)
     try:
-        make_report(**where, command=command_line(module))
+        action()
     except (ValueError, FileNotFoundError, DataUnavailableError, NonFiniteLossError, CheckpointError) as error:
         sys.exit(f"error: {error}")
+
+
+def main_of_report(argv, module, make_report):
+    """The main of report program `module` on top of the study runner: `make_report(**where)` (`run_program`),
+    `where` being the flags of `define_report_flags` (runs_dir, output_dir, evaluations_dir) and the command line."""
+    from absl import flags
+
+    values = flags.FLAGS
+    where = dict(runs_dir=values.runs_dir, output_dir=values.output_dir, evaluations_dir=values.evaluations_dir)
+    run_program(argv, lambda: make_report(**where, command=command_line(module)))
 
 
 def step_seconds(model_dir):
