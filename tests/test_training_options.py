@@ -1,4 +1,5 @@
-"""Options of training: the loop's speed (XLA, steps per execution, mixed precision) and what it reads (shift_pixels)."""
+"""Options of training: the loop's speed (XLA, steps per execution, mixed precision), what it reads (shift_pixels)
+and its learning rate schedule."""
 
 import os
 

@@ -19,6 +19,10 @@ settings is read back instead of run again) and then writes the report: the side
 of the study evaluated so far (`evaluate.report.write_comparison`) into `<output_dir>/`, with `study_runs.json`
 recording each run's config, step and weights, and the study folder as the config that made it.
 Bad input (an unknown key, a missing file, a bad setting) stops before any training with one sentence.
+
+A run that grows across sessions (a long run resumed each session) records where it stands with `--stage`, which
+trains nothing: `<output_dir>/<run>/stage.json` (the step of its newest checkpoint and the digest of its weights
+there) beside a copy of its robustness curve (`record_stage`).
 """
 
 import dataclasses
