@@ -123,6 +123,45 @@ def test_a_model_dir_of_another_model_or_arch_is_refused(tmp_path):
     assert ModelDir(model_dir).read_config() == config, "a refused run must not overwrite the directory's config"
 
 
+def test_a_resume_under_other_hyperparameters_or_training_settings_is_refused(tmp_path):
+    directory = ModelDir(tmp_path / "model")
+    config = {"model": "avae", "arch": "conv", "dataset": "mnist", "latent_dim": 8, "image_shape": [28, 28, 1]}
+    config["rho"] = 0.975
+    flags = {"learning_rate": 3e-4, "shift_pixels": 0, "seed": 0}
+    directory.prepare(config, flags={**flags, "checkpoint_every": 500})
+    directory.check(dict(config, image_shape=(28, 28, 1)), flags)  # the same run resumes (a tuple is its list)
+    for config_change, flags_change, named in (
+        ({"rho": 0.9}, {}, "rho=0.975 (this run: 0.9)"),
+        ({}, {"learning_rate": 1e-4}, "learning_rate=0.0003 (this run: 0.0001)"),
+        ({}, {"shift_pixels": 2}, "shift_pixels=0 (this run: 2)"),
+    ):
+        with pytest.raises(ModelDirError, match=re.escape(f"trained with other settings ({named}); resuming")):
+            directory.check({**config, **config_change}, {**flags, **flags_change})
+    # What only one side records is not compared: a directory from before a setting existed, or a setting that is
+    # not among the trajectory's (checkpoint_every).
+    directory.check({**config, "new_hyperparameter": 1}, {**flags, "learning_rate_schedule": "constant"})
+
+
+def test_a_run_grows_its_budget_unless_a_schedule_spreads_the_rate_over_it(tmp_path):
+    options = dict(train_steps=2, latent_dim=8, eval_examples=0, summary=False, verbose=0)
+    train.run("vae", str(tmp_path / "constant"), **options)
+    grown = train.run("vae", str(tmp_path / "constant"), **{**options, "train_steps": 4})
+    assert grown.step == 4
+    with pytest.raises(ModelDirError, match=r"other settings \(learning_rate=0.0003 \(this run: 0.001\)\)"):
+        train.run("vae", str(tmp_path / "constant"), **{**options, "train_steps": 6, "learning_rate": 1e-3})
+    lowered = train.run(
+        "vae",
+        str(tmp_path / "constant"),
+        **{**options, "train_steps": 6, "learning_rate": 1e-5},
+        allow_new_settings=True,
+    )
+    assert lowered.step == 6 and ModelDir(lowered.model_dir).read_flags()["learning_rate"] == 1e-5
+    train.run("vae", str(tmp_path / "cosine"), learning_rate_schedule="cosine", **options)
+    with pytest.raises(ModelDirError, match=r"other settings \(train_steps=2 \(this run: 4\)\)"):
+        train.run("vae", str(tmp_path / "cosine"), learning_rate_schedule="cosine", **{**options, "train_steps": 4})
+    assert train.run("vae", str(tmp_path / "cosine"), learning_rate_schedule="cosine", **options).step == 2
+
+
 def test_a_json_write_that_fails_leaves_the_old_file_whole(tmp_path):
     # Another worker reads the chief's config.json while the chief writes it: a reader must never see half a
     # file, and a writer that dies midway must not destroy the old one.

@@ -164,7 +164,7 @@ def run(model, model_dir, verbose="auto", **options):
     }
     config.pop("name")
     directory = ModelDir(model_dir)
-    directory.check(config)
+    directory.check(config, flags=settings.trajectory(), settings_may_change=settings.allow_new_settings)
     if source is not None:  # a resumed run then restores its own checkpoint over these weights
         keras_model.set_weights(source.get_weights())
     # Before config.json and flags.json are written: a directory whose checkpoints all fail to restore gets nothing.

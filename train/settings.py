@@ -131,6 +131,12 @@ class TrainSettings(Config):
     robustness_epsilons: str = setting(
         "0.02,0.05,0.1", "Comma-separated L-inf radii of the robustness checks.", check=EPSILON_LIST
     )
+    allow_new_settings: bool = setting(
+        False,
+        "Resume a model directory under other hyper-parameters or training settings than it was trained with (for "
+        "example a lower learning rate after a non-finite loss); otherwise that is refused, since the weights would "
+        "be those of no single run. flags.json then records the new settings.",
+    )
     summary: bool = setting(
         True,
         "At the end, print the test ELBO and a quick robustness check (linear probe, PGD-10) and what to run next.",
@@ -147,6 +153,17 @@ class TrainSettings(Config):
                 data.check_shift_pixels(self.dataset, self.shift_pixels)
             except ValueError as refusal:
                 raise self.error(str(refusal)) from None
+
+    def trajectory(self):
+        """The settings that fix the weights step by step, besides the model's configuration: a model directory
+        resumes only under the same values (`ModelDir.check`). The budget is not among them, so that a run can grow,
+        unless a schedule spreads the learning rate over it. Execution choices (strategy, XLA, steps per execution)
+        compute the same steps and are not among them either."""
+        names = ["dataset", "train_examples", "batch_size", "learning_rate", "learning_rate_schedule", "seed"]
+        names += ["colour_per_visit", "shift_pixels", "precision"]
+        if self.learning_rate_schedule != "constant":
+            names.append("train_steps")
+        return {name: getattr(self, name) for name in names}
 
     @property
     def epsilons(self):

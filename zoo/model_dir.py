@@ -3,7 +3,8 @@
 A training run writes, and evaluation, export and the benchmarks read:
 
 - `config.json`: what was trained (model, architecture, dataset, hyper-parameters). A second
-  run in the same directory must train the same thing (`IDENTITY_KEYS`); it then resumes.
+  run in the same directory must train the same thing (`IDENTITY_KEYS`) with the same hyper-parameters and
+  training settings (`check_identity`); it then resumes.
 - `flags.json`: every setting of the run, for the model card.
 - `checkpoints/`: model and optimizer every `checkpoint_every` steps.
 - `logs/`: TensorBoard summaries; `timing.csv`: wall-clock seconds per step;
@@ -110,18 +111,33 @@ class ModelDir:
         except OSError as error:
             raise ModelDirError(f"model directory {self.path!r} is not writable: {error.strerror or error}") from None
 
-    def check_identity(self, config):
-        """Refuses a directory whose config.json describes another run."""
+    def check_identity(self, config, flags=None, settings_may_change=False):
+        """Refuses a directory written for another run, and a resume that would train it otherwise.
+
+        config.json's `IDENTITY_KEYS` name the run: another value is another run. Its other entries (the model's
+        hyper-parameters) and the entries of `flags` (the settings that fix the weights step by step, which
+        flags.json recorded) must match too, or the run would end with weights that no single run makes, unless
+        `settings_may_change` (a deliberate change, such as a lower learning rate after a non-finite loss).
+        Entries that only one side has (a directory written before a setting existed) are not compared.
+        """
         previous = self.read_config()
-        clashes = [
-            f"{key}={previous.get(key)!r} (this run: {config.get(key)!r})"
-            for key in IDENTITY_KEYS
-            if previous and previous.get(key) != config.get(key)
-        ]
+        if not previous:
+            return
+        config = json.loads(json.dumps(config))  # as config.json holds it: tuples are lists
+        clashes = [_clash(key, previous.get(key), config.get(key)) for key in IDENTITY_KEYS]
+        clashes = [clash for clash in clashes if clash]
         if clashes:
             raise ModelDirError(
                 f"model directory {self.path!r} holds a different run ({', '.join(clashes)}); "
                 "use a new model directory or delete the old one"
+            )
+        changed = _changed(previous, config) + _changed(self.read_flags(), json.loads(json.dumps(flags or {})))
+        if changed and not settings_may_change:
+            raise ModelDirError(
+                f"model directory {self.path!r} was trained with other settings ({', '.join(changed)}); resuming it "
+                "under these would end with weights that no single run makes: resume it with its own settings, "
+                "allow the change (--allow_new_settings), or start a new model directory (--init_from starts one from "
+                "its weights)"
             )
 
     def prepare(self, config, flags=None, write=True):
@@ -134,10 +150,11 @@ class ModelDir:
         if write:
             self.record(config, flags)
 
-    def check(self, config):
-        """Creates the directory and refuses one written for another run; writes nothing in it."""
+    def check(self, config, flags=None, settings_may_change=False):
+        """Creates the directory and refuses one written for another run, or trained with other `flags`
+        (`check_identity`); writes nothing in it."""
         self.check_writable()
-        self.check_identity(config)
+        self.check_identity(config, flags, settings_may_change)
 
     def record(self, config, flags=None):
         """Writes config.json (and flags.json)."""
@@ -201,3 +218,14 @@ def read_json(path):
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def _clash(key, previous, current):
+    return f"{key}={previous!r} (this run: {current!r})" if previous != current else None
+
+
+def _changed(previous, current):
+    """The clashes of the entries both dicts have."""
+    return [
+        clash for key in sorted(previous.keys() & current.keys()) if (clash := _clash(key, previous[key], current[key]))
+    ]
