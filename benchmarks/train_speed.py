@@ -3,7 +3,7 @@ against the machine's measured matmul peak.
 
     nice -n 5 python -m benchmarks.train_speed --data_dir=../shared/tfds
 
-Every model (VAE, AVAE, SE^5, SE^5-AVAE, AVAE-SS) is built by `train.loop.build_model` and trained by
+Every model (VAE, AVAE, SE^5, SE^1-fast, SE^5-AVAE, AVAE-SS) is built by `train.loop.build_model` and trained by
 `keras.Model.fit`, i.e. by its own `train_step` as `train.loop.train` runs it, on the real ColorMNIST
 pipeline of `zoo.data` (AVAE-SS on batches that carry only the batch size, as training feeds it). Each
 `--settings` item is an architecture, a precision, XLA on or off, a number of steps per execution and,
