@@ -129,6 +129,11 @@ def test_a_resume_under_other_hyperparameters_or_training_settings_is_refused(tm
     config["rho"] = 0.975
     flags = {"learning_rate": 3e-4, "shift_pixels": 0, "seed": 0}
     directory.prepare(config, flags={**flags, "checkpoint_every": 500})
+    directory.check(
+        {**config, "rho": 0.9}, flags
+    )  # no weights yet (stopped before its first checkpoint): it starts afresh
+    os.makedirs(directory.checkpoint_dir)
+    open(os.path.join(directory.checkpoint_dir, "ckpt-500.index"), "w").close()
     directory.check(dict(config, image_shape=(28, 28, 1)), flags)  # the same run resumes (a tuple is its list)
     for config_change, flags_change, named in (
         ({"rho": 0.9}, {}, "rho=0.975 (this run: 0.9)"),

@@ -74,6 +74,14 @@ class ModelDir:
     def has_model(self):
         return os.path.exists(self.model_file)
 
+    def has_weights(self):
+        """Whether a run left weights here to resume from: a checkpoint (even a damaged one) or the final model."""
+        try:
+            checkpoints = os.listdir(self.checkpoint_dir)
+        except OSError:
+            checkpoints = []
+        return self.has_model() or any(name.endswith(".index") for name in checkpoints)
+
     def read_config(self):
         """config.json as a dict; {} when the directory has none."""
         return read_json(self.config_file)
@@ -118,7 +126,8 @@ class ModelDir:
         hyper-parameters) and the entries of `flags` (the settings that fix the weights step by step, which
         flags.json recorded) must match too, or the run would end with weights that no single run makes, unless
         `settings_may_change` (a deliberate change, such as a lower learning rate after a non-finite loss).
-        Entries that only one side has (a directory written before a setting existed) are not compared.
+        Entries that only one side has (a directory written before a setting existed) are not compared, nor are
+        the settings of a run that left no weights (stopped before its first checkpoint): it starts afresh.
         """
         previous = self.read_config()
         if not previous:
@@ -132,7 +141,7 @@ class ModelDir:
                 "use a new model directory or delete the old one"
             )
         changed = _changed(previous, config) + _changed(self.read_flags(), json.loads(json.dumps(flags or {})))
-        if changed and not settings_may_change:
+        if changed and not settings_may_change and self.has_weights():
             raise ModelDirError(
                 f"model directory {self.path!r} was trained with other settings ({', '.join(changed)}); resuming it "
                 "under these would end with weights that no single run makes: resume it with its own settings, "
