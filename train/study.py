@@ -324,8 +324,16 @@ def record_stage(study, run, runs_dir=RUNS_DIR, output_dir=None):
             f"run {run.name} of study {study.name} has not started in {directory.path}: no stage to record"
         )
     model_kwargs = {key: value for key, value in config.items() if key not in ("model", "dataset", "init_from")}
+    # Built as training built it: a schedule's optimizer holds other variables than a constant rate's.
+    learning_rate = loop.learning_rate_of(
+        settings["learning_rate"], settings.get("learning_rate_schedule", "constant"), settings["train_steps"]
+    )
     model = loop.build_model(
-        run.model_class, tf.distribute.get_strategy(), precision=settings["precision"], **model_kwargs
+        run.model_class,
+        tf.distribute.get_strategy(),
+        learning_rate=learning_rate,
+        precision=settings["precision"],
+        **model_kwargs,
     )
     step = loop.restore(model, directory, move_damaged=False)
     out = os.path.join(output_dir or study.output_dir, run.name)
