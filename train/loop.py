@@ -74,6 +74,23 @@ def learning_rate_of(learning_rate, schedule="constant", train_steps=None):
     return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=int(train_steps))
 
 
+def build_for_settings(model_class, strategy, settings, **model_kwargs):
+    """`build_model` as a run with `settings` (its `TrainSettings`, speed settings decided) trains it: its learning
+    rate and schedule, precision, XLA and steps per execution. The one place a run's model is built, for training
+    and for reading a run's checkpoints back (`train.study.record_stage`): a schedule's optimizer holds other
+    variables than a constant rate's, so a checkpoint restores only into the optimizer that wrote it."""
+    return build_model(
+        model_class,
+        strategy,
+        learning_rate=learning_rate_of(settings.learning_rate, settings.learning_rate_schedule, settings.train_steps),
+        jit_compile=settings.jit_compile,
+        steps_per_execution=settings.steps_per_execution,
+        steps_per_xla_program=settings.steps_per_xla_program,
+        precision=settings.precision,
+        **model_kwargs,
+    )
+
+
 def build_model(
     model_class,
     strategy,

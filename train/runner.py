@@ -141,19 +141,7 @@ def run(model, model_dir, verbose="auto", **options):
             hyperparameters["dataset_size"] = train_size
     model_kwargs = {"image_shape": image_shape, "arch": arch, "latent_dim": latent_dim, "seed": settings.seed}
     # The model checks its hyper-parameters before anything is written to model_dir.
-    keras_model = loop.build_model(
-        model_class,
-        strategy,
-        learning_rate=loop.learning_rate_of(
-            settings.learning_rate, settings.learning_rate_schedule, settings.train_steps
-        ),
-        jit_compile=settings.jit_compile,
-        steps_per_execution=settings.steps_per_execution,
-        steps_per_xla_program=settings.steps_per_xla_program,
-        precision=settings.precision,
-        **model_kwargs,
-        **hyperparameters,
-    )
+    keras_model = loop.build_for_settings(model_class, strategy, settings, **model_kwargs, **hyperparameters)
     dataset = settings.dataset if model_class.needs_data else None
     config = {
         "model": model_class.registry_name,

@@ -315,6 +315,7 @@ def record_stage(study, run, runs_dir=RUNS_DIR, output_dir=None):
 
     import zoo
     from train import loop
+    from train.settings import TrainSettings
     from zoo.model_dir import ModelDir
 
     directory = ModelDir(model_dir_of(study, run, runs_dir))
@@ -324,17 +325,8 @@ def record_stage(study, run, runs_dir=RUNS_DIR, output_dir=None):
             f"run {run.name} of study {study.name} has not started in {directory.path}: no stage to record"
         )
     model_kwargs = {key: value for key, value in config.items() if key not in ("model", "dataset", "init_from")}
-    # Built as training built it: a schedule's optimizer holds other variables than a constant rate's.
-    learning_rate = loop.learning_rate_of(
-        settings["learning_rate"], settings.get("learning_rate_schedule", "constant"), settings["train_steps"]
-    )
-    model = loop.build_model(
-        run.model_class,
-        tf.distribute.get_strategy(),
-        learning_rate=learning_rate,
-        precision=settings["precision"],
-        **model_kwargs,
-    )
+    recorded = TrainSettings(**TrainSettings.split(settings)[0])  # flags.json: the settings it was trained with
+    model = loop.build_for_settings(run.model_class, tf.distribute.get_strategy(), recorded, **model_kwargs)
     step = loop.restore(model, directory, move_damaged=False)
     out = os.path.join(output_dir or study.output_dir, run.name)
     os.makedirs(out, exist_ok=True)
@@ -345,10 +337,10 @@ def record_stage(study, run, runs_dir=RUNS_DIR, output_dir=None):
         "config": run.config_path,
         "command": f"python -m train.study --study={study.path} --only={run.name} --runs_dir=$RUNS",
         "step": step,
-        "train_steps": settings["train_steps"],
+        "train_steps": recorded.train_steps,
         "weights_digest_at_step": zoo.weights_digest(model),
         "machine": _machine(),
-        "precision": settings["precision"],
+        "precision": recorded.precision,
     }
     ModelDir(out).write_json(os.path.join(out, STAGE_FILE), stage)
     return stage

@@ -132,7 +132,7 @@ class ModelDir:
         previous = self.read_config()
         if not previous:
             return
-        config = json.loads(json.dumps(config))  # as config.json holds it: tuples are lists
+        config = _as_stored(config)
         clashes = [_clash(key, previous.get(key), config.get(key)) for key in IDENTITY_KEYS]
         clashes = [clash for clash in clashes if clash]
         if clashes:
@@ -140,7 +140,7 @@ class ModelDir:
                 f"model directory {self.path!r} holds a different run ({', '.join(clashes)}); "
                 "use a new model directory or delete the old one"
             )
-        changed = _changed(previous, config) + _changed(self.read_flags(), json.loads(json.dumps(flags or {})))
+        changed = _changed(previous, config) + _changed(self.read_flags(), _as_stored(flags or {}))
         if changed and not settings_may_change and self.has_weights():
             raise ModelDirError(
                 f"model directory {self.path!r} was trained with other settings ({', '.join(changed)}); resuming it "
@@ -231,6 +231,11 @@ def read_json(path):
 
 def _clash(key, previous, current):
     return f"{key}={previous!r} (this run: {current!r})" if previous != current else None
+
+
+def _as_stored(entries):
+    """`entries` as a JSON file holds them (tuples are lists), to compare with what one was read back from."""
+    return json.loads(json.dumps(entries))
 
 
 def _changed(previous, current):
